@@ -1,0 +1,153 @@
+"""Command line: `run` (default), `check`, `schema`, `demo`. Flags follow Prometheus' style."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Callable, Sequence
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.gc_collector import GCCollector
+from prometheus_client.platform_collector import PlatformCollector
+from prometheus_client.process_collector import ProcessCollector
+
+from exporter import __version__
+from exporter.collector import AnomalyCollector
+from exporter.config import Config, ConfigError, PrometheusConfig, json_schema, load_config, parse_config
+from exporter.logs import setup_logging
+from exporter.pipeline import Source
+from exporter.scheduler import Scheduler
+from exporter.server import WebApp, WebServer, parse_listen_address
+from exporter.store import Store
+
+log = logging.getLogger("exporter")
+DEFAULT_LISTEN = ":9866"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="anomaly-exporter",
+        description="Watches Prometheus metrics for anomalies and exports anomaly scores as gauges.",
+    )
+    parser.add_argument("--version", action="version", version=f"anomaly-exporter {__version__}")
+    sub = parser.add_subparsers(dest="command")
+
+    def serving_flags(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--web.listen-address", dest="listen", default=DEFAULT_LISTEN,
+                       help=f"address to serve /metrics on (default {DEFAULT_LISTEN})")
+        p.add_argument("--web.enable-lifecycle", dest="lifecycle", action="store_true",
+                       help="enable POST /-/reload")
+        p.add_argument("--log.level", dest="log_level", default="info", choices=["debug", "info", "warn", "error"])
+        p.add_argument("--log.format", dest="log_format", default="logfmt", choices=["logfmt", "json"])
+        p.add_argument("--scheduler.workers", dest="workers", type=int, default=4,
+                       help="rule jobs run at the same time (default 4)")
+
+    run = sub.add_parser("run", help="run the exporter (the default command)")
+    run.add_argument("--config.file", dest="config_file", default="rules.yaml", help="rules file (default rules.yaml)")
+    serving_flags(run)
+    check = sub.add_parser("check", help="validate a rules file and exit non-zero on errors")
+    check.add_argument("file", nargs="?", default="rules.yaml")
+    sub.add_parser("schema", help="print the JSON Schema of the rules file")
+    demo = sub.add_parser("demo", help="run on a built-in synthetic source (no Prometheus needed)")
+    serving_flags(demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    if not args_list or args_list[0].startswith("-") and args_list[0] not in ("-h", "--help", "--version"):
+        args_list.insert(0, "run")  # `anomaly-exporter --config.file x` means `run`
+    args = build_parser().parse_args(args_list)
+    if args.command == "check":
+        return _check(args.file)
+    if args.command == "schema":
+        print(json.dumps(json_schema(), indent=2))
+        return 0
+    setup_logging(args.log_level, args.log_format)
+    if args.command == "demo":
+        from exporter.demo import DEMO_RULES, DemoSource
+
+        source = DemoSource()
+        config = parse_config(DEMO_RULES, source="<demo rules>")
+        return serve(config, args, lambda _cfg: source, reload=None)
+    try:
+        config = load_config(args.config_file)
+    except ConfigError as exc:
+        log.error("invalid rules file: %s", exc)
+        print(exc, file=sys.stderr)
+        return 1
+    from exporter.reader import PrometheusReader
+
+    return serve(config, args, PrometheusReader, reload=lambda: load_config(args.config_file))
+
+
+def _check(path: str) -> int:
+    try:
+        config = load_config(path)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    print(f"{path}: OK, {len(config.rules)} rule(s): {', '.join(r.name for r in config.rules)}")
+    return 0
+
+
+def serve(
+    config: Config,
+    args: argparse.Namespace,
+    source_factory: Callable[[PrometheusConfig], Source],
+    reload: Callable[[], Config] | None,
+) -> int:
+    """Run the scheduler and web server until SIGTERM/SIGINT; SIGHUP (and /-/reload) re-reads the rules."""
+    try:
+        host, port = parse_listen_address(args.listen)
+    except ValueError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    store = Store()
+    registry = CollectorRegistry()
+    registry.register(AnomalyCollector(store))
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    GCCollector(registry=registry)
+    scheduler = Scheduler(store, source_factory, workers=args.workers)
+    scheduler.apply(config)
+    reload_lock = threading.Lock()
+
+    def do_reload() -> str | None:
+        if reload is None:
+            return "this mode has no rules file to reload"
+        with reload_lock:
+            try:
+                new_config = reload()
+            except ConfigError as exc:
+                log.error("reload rejected, the previous rules keep running: %s", exc)
+                store.record_reload(False, "; ".join(exc.errors))
+                return str(exc)
+            scheduler.apply(new_config)
+            store.record_reload(True)
+            log.info("rules reloaded")
+            return None
+
+    app = WebApp(store, registry, reload=do_reload, enable_lifecycle=args.lifecycle)
+    try:
+        server = WebServer(app, host, port)
+    except OSError as exc:
+        print(f"cannot listen on {args.listen}: {exc}", file=sys.stderr)
+        return 1
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    if hasattr(signal, "SIGHUP"):
+        signal.signal(signal.SIGHUP, lambda *_: threading.Thread(target=do_reload, name="reload").start())
+    scheduler.start()
+    server.start()
+    log.info("listening on %s:%d (version %s, %d rule(s))", host, server.port, __version__, len(config.rules))
+    stop.wait()
+    log.info("shutting down")
+    server.stop()
+    scheduler.shutdown(wait=False)
+    return 0

@@ -1,0 +1,115 @@
+"""prometheus_client Collector: fresh metric families from the store's latest snapshots on every scrape.
+
+A series that vanished from a snapshot simply is not exported any more. Nothing here queries, fits or
+scores: values are computed on the exporter's schedule, as the HELP texts say.
+"""
+
+from __future__ import annotations
+
+import math
+import platform
+from collections.abc import Iterator
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from exporter import __version__
+from exporter.store import Store
+
+_SCHEDULE_NOTE = "Computed by the exporter every rule interval, not at scrape time."
+SERIES_GAUGES = (
+    ("anomaly_score", "score", "Anomaly score: 0 = as expected, 1 = at the rule's threshold, higher = further out."),
+    ("anomaly_expected", "expected", "Value the model expected for the series at the scored time."),
+    ("anomaly_expected_lower", "lower", "Lower edge of the expected band (anomaly_score 1 below it)."),
+    ("anomaly_expected_upper", "upper", "Upper edge of the expected band (anomaly_score 1 above it)."),
+)
+
+
+class AnomalyCollector(Collector):
+    """Exports per-series anomaly gauges plus the exporter's own health metrics from a Store."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+
+    def collect(self) -> Iterator[Metric]:
+        snapshots = self._store.snapshots()
+        for name, attr, doc in SERIES_GAUGES:
+            family = Metric(name, f"{doc} {_SCHEDULE_NOTE}", "gauge")
+            for snap in snapshots.values():
+                values = getattr(snap, attr)
+                for labels, value in zip(snap.labels, values.tolist(), strict=True):
+                    if not math.isnan(value):
+                        family.add_sample(name, dict(labels), value)
+            yield family
+        yield from self._health_metrics()
+
+    def _health_metrics(self) -> Iterator[Metric]:
+        health = self._store.health()
+        up = GaugeMetricFamily("anomaly_exporter_rule_up", "1 if the rule's last scoring cycle succeeded.", labels=["rule"])
+        ready = GaugeMetricFamily(
+            "anomaly_exporter_rule_ready", "1 once the rule finished its first fit (or reported an error).", labels=["rule"]
+        )
+        success = GaugeMetricFamily(
+            "anomaly_exporter_last_success_timestamp_seconds",
+            "Unix time of the rule's last successful scoring cycle.",
+            labels=["rule"],
+        )
+        fitted = GaugeMetricFamily(
+            "anomaly_exporter_last_fit_timestamp_seconds", "Unix time of the rule's last successful fit.", labels=["rule"]
+        )
+        series = GaugeMetricFamily(
+            "anomaly_exporter_series", "Series tracked for the rule (at most its max_series).", labels=["rule"]
+        )
+        dropped = GaugeMetricFamily(
+            "anomaly_exporter_series_dropped",
+            "Series the rule's newest query returned beyond max_series and that were left out.",
+            labels=["rule"],
+        )
+        durations = GaugeMetricFamily(
+            "anomaly_exporter_stage_duration_seconds",
+            "Wall time of the last run of a stage (query, fit, score) of a rule.",
+            labels=["rule", "stage"],
+        )
+        errors = CounterMetricFamily(
+            "anomaly_exporter_errors", "Errors by rule and stage since start.", labels=["rule", "stage"]
+        )
+        for rule, h in sorted(health.items()):
+            up.add_metric([rule], 1.0 if h.up else 0.0)
+            ready.add_metric([rule], 1.0 if h.ready else 0.0)
+            if h.last_success is not None:
+                success.add_metric([rule], h.last_success)
+            if h.last_fit is not None:
+                fitted.add_metric([rule], h.last_fit)
+            series.add_metric([rule], h.series)
+            dropped.add_metric([rule], h.dropped)
+            for stage, seconds in sorted(h.durations.items()):
+                durations.add_metric([rule, stage], seconds)
+            for stage in ("query", "fit", "score"):
+                errors.add_metric([rule, stage], h.errors.get(stage, 0))
+        yield from (up, ready, success, fitted, series, dropped, durations, errors)
+
+        reload = self._store.reload_status()
+        yield GaugeMetricFamily(
+            "anomaly_exporter_config_last_reload_successful",
+            "1 if the last attempt to load the rules file succeeded.",
+            value=1.0 if reload.successful else 0.0,
+        )
+        if reload.last_success is not None:
+            yield GaugeMetricFamily(
+                "anomaly_exporter_config_last_reload_success_timestamp_seconds",
+                "Unix time of the last successful load of the rules file.",
+                value=reload.last_success,
+            )
+        reloads = CounterMetricFamily(
+            "anomaly_exporter_config_reloads", "Attempts to reload the rules file, by result.", labels=["result"]
+        )
+        for result in ("success", "failure"):
+            reloads.add_metric([result], reload.attempts.get(result, 0))
+        yield reloads
+        info = GaugeMetricFamily(
+            "anomaly_exporter_build_info",
+            "Version of the exporter, as labels; always 1.",
+            labels=["version", "python_version"],
+        )
+        info.add_metric([__version__, platform.python_version()], 1.0)
+        yield info

@@ -1,0 +1,172 @@
+"""Seasonal baseline: per series, expected value = seasonal profile + recent level, with a robust scale.
+
+Vectorized over every series of a rule: profiles are per-slot medians of (series × slot × sample) cubes, so
+a rule with thousands of series is a few array passes, never a Python loop per series or per point.
+Robust to outliers in its own training window (medians and MAD, not means), to gaps (NaN is ignored) and
+to flat series (the scale falls back to the mean absolute deviation, then to a tiny floor).
+"""
+
+from __future__ import annotations
+
+from typing import Self
+
+import numpy as np
+
+from exporter.detectors.base import Detector, Prediction
+from exporter.detectors.robust import nanmedian, robust_sigma
+from exporter.frame import Window
+
+DAY = 86400
+WEEK = 7 * DAY
+PERIODS = {"none": 0, "daily": DAY, "weekly": WEEK}
+_CHUNK_CELLS = 4_000_000  # series rows × columns processed at once, to bound peak memory while fitting
+
+
+class SeasonalBaseline(Detector):
+    """Per-series seasonal profile (none / daily / weekly) plus a trailing robust level.
+
+    Parameters
+    ----------
+    seasonality : "auto" picks, per series, the longest period that the history covers twice and that
+        lowers the residual spread by at least `min_gain`; or force "none", "daily" or "weekly".
+    level_window : seconds of recent data whose median residual shifts the profile (follows level changes).
+    min_history : seconds of data a series needs in the training window before it is scored.
+    bucket : seconds per profile slot (the profile is kept at this resolution, at least the step).
+    min_gain : relative reduction of the residual spread a seasonal profile must bring to be chosen.
+    """
+
+    def __init__(
+        self,
+        seasonality: str = "auto",
+        level_window: float = 3600.0,
+        min_history: float = 3600.0,
+        bucket: float = 300.0,
+        min_gain: float = 0.1,
+    ) -> None:
+        self.seasonality = seasonality
+        self.level_window = level_window
+        self.min_history = min_history
+        self.bucket = bucket
+        self.min_gain = min_gain
+
+    # -- fitting ---------------------------------------------------------------------------------
+    def fit(self, window: Window) -> Self:
+        if self.seasonality not in ("auto", *PERIODS):
+            raise ValueError(f"seasonality must be auto, none, daily or weekly (got {self.seasonality!r})")
+        step = window.step or 1
+        n, n_t = window.values.shape
+        self.step_ = step
+        self.bucket_ = max(step, int(round(self.bucket / step)) * step)
+        self.level_cols_ = max(1, int(round(self.level_window / step)))
+        candidates = self._candidates(n_t * step)
+        self.slot_period_ = max(candidates) or self.bucket_  # profile storage covers the longest period
+        n_slots = self.slot_period_ // self.bucket_
+        self.profile_ = np.full((n, n_slots), np.nan, dtype=np.float32)
+        self.sigma_ = np.full(n, np.nan)
+        self.level_ = np.full(n, np.nan)
+        self.period_ = np.zeros(n, dtype=np.int64)
+        rows_per_chunk = max(1, _CHUNK_CELLS // max(n_t, 1))
+        for lo in range(0, n, rows_per_chunk):
+            self._fit_rows(window, slice(lo, min(n, lo + rows_per_chunk)), candidates)
+        counts = (~np.isnan(window.values)).sum(axis=1)
+        warm = counts * step >= self.min_history
+        self.sigma_[~warm] = np.nan  # not enough history yet: unknown, never "normal"
+        self.keys_ = {key: i for i, key in enumerate(window.keys)}
+        return self
+
+    def _candidates(self, span: int) -> list[int]:
+        if self.seasonality != "auto":
+            return [PERIODS[self.seasonality]]
+        return [p for p in (0, DAY, WEEK) if p == 0 or span >= 2 * p]
+
+    def _fit_rows(self, window: Window, rows: slice, candidates: list[int]) -> None:
+        x = window.values[rows]
+        t = window.timestamps
+        best_sigma = None
+        for period in candidates:  # shortest first: a longer period must beat the best so far
+            profile = self._profile(x, t, period)
+            season = profile[:, self._slots(t, period)]
+            deseason = x - season
+            resid = deseason - self._block_level(deseason)
+            sigma = robust_sigma(resid)
+            if best_sigma is None:
+                better = np.ones(len(sigma), dtype=bool)
+            else:
+                better = sigma < (1.0 - self.min_gain) * best_sigma
+                if self.seasonality != "auto":
+                    better[:] = True
+            idx = np.flatnonzero(better)
+            n_slots = self.profile_.shape[1]
+            tiled = np.tile(profile, (1, n_slots // profile.shape[1]))
+            # rows is a slice, so these are views into the fitted arrays
+            self.profile_[rows][idx] = tiled[idx, :n_slots]
+            self.sigma_[rows][idx] = sigma[idx]
+            self.period_[rows][idx] = period
+            self.level_[rows][idx] = nanmedian(deseason[idx, -self.level_cols_ :])
+            best_sigma = sigma if best_sigma is None else np.where(better, sigma, best_sigma)
+        floor = 1e-9 + 1e-9 * np.abs(np.nan_to_num(self.level_[rows]))
+        self.sigma_[rows] = np.maximum(self.sigma_[rows], floor)
+
+    def _slots(self, t: np.ndarray, period: int) -> np.ndarray:
+        if period == 0:
+            return np.zeros(len(t), dtype=np.int64)
+        return (t % period) // self.bucket_
+
+    def _profile(self, x: np.ndarray, t: np.ndarray, period: int) -> np.ndarray:
+        """Per-slot medians, shape (series, slots); slots with under 2 samples take the series median."""
+        slots = self._slots(t, period)
+        n_slots = max(1, period // self.bucket_) if period else 1
+        order = np.argsort(slots, kind="stable")
+        counts = np.bincount(slots, minlength=n_slots)
+        width = int(counts.max()) if len(counts) else 0
+        # index matrix (slot, sample) into x's columns; -1 padding points at an all-NaN extra column
+        idx = np.full((n_slots, max(width, 1)), -1, dtype=np.int64)
+        starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+        within = np.arange(len(order)) - np.repeat(starts, counts)
+        idx[slots[order], within] = order
+        padded = np.concatenate([x, np.full((x.shape[0], 1), np.nan)], axis=1)
+        cube = padded[:, idx]
+        valid = (~np.isnan(cube)).sum(axis=-1)
+        prof = nanmedian(cube)
+        overall = nanmedian(x)
+        return np.where(valid >= 2, prof, overall[:, None])
+
+    def _block_level(self, deseason: np.ndarray) -> np.ndarray:
+        """Median of each block of `level_cols_` columns, broadcast back: the level the residual is taken from."""
+        n, n_t = deseason.shape
+        w = min(self.level_cols_, n_t)
+        head = n_t % w
+        out = np.empty_like(deseason)
+        if head:
+            out[:, :head] = nanmedian(deseason[:, :head])[:, None]
+        blocks = deseason[:, head:].reshape(n, -1, w)
+        out[:, head:] = np.repeat(nanmedian(blocks), w, axis=1)
+        return out
+
+    # -- prediction ------------------------------------------------------------------------------
+    def predict(self, window: Window, columns: np.ndarray) -> Prediction:
+        rows = self._fitted_rows(window.keys)
+        known = rows >= 0
+        r = np.where(known, rows, 0)
+        columns = np.asarray(columns, dtype=np.int64)
+        k = len(columns)
+        t = window.timestamps
+        slot_of = self._slots(t, self.slot_period_) if self.slot_period_ else np.zeros(len(t), np.int64)
+        # deseasonalised values over the span the trailing windows need
+        lo = max(0, int(columns.min()) - self.level_cols_) if k else 0
+        hi = int(columns.max()) if k else 0
+        span = np.arange(lo, hi)
+        season_span = self.profile_[r][:, slot_of[span]].astype(np.float64)
+        deseason = window.values[:, lo:hi] - season_span
+        level = np.empty((len(rows), k))
+        for i, col in enumerate(columns):  # one vectorized median per predicted column (few per cycle)
+            a, b = max(lo, col - self.level_cols_) - lo, col - lo
+            trailing = deseason[:, a:b]
+            enough = (~np.isnan(trailing)).sum(axis=1) >= max(1, (b - a) // 4)
+            level[:, i] = np.where(enough, nanmedian(trailing) if b > a else np.nan, self.level_[r])
+        expected = self.profile_[r][:, slot_of[columns]] + level
+        scale = np.repeat(self.sigma_[r][:, None], k, axis=1)
+        expected[~known] = np.nan
+        scale[~known] = np.nan
+        return Prediction(expected=expected, scale=scale)
+

@@ -1,0 +1,211 @@
+"""One rule's loop: fetch (incrementally) → fit / predict → calibrate → publish a snapshot.
+
+Every failure is caught here, logged with the rule's name, counted by stage and shown on the rule's health;
+it never escapes to the scheduler, so one rule can't stop another.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from typing import Protocol
+
+import numpy as np
+
+from exporter.config import RuleConfig
+from exporter.detectors import Detector, build_detector
+from exporter.frame import SeriesFrame
+from exporter.postprocess import calibrate
+from exporter.reader import RangeResult, SeriesKey
+from exporter.store import LabelPairs, RuleSnapshot, Store
+
+log = logging.getLogger(__name__)
+
+
+class Source(Protocol):
+    """What a rule needs from a data source: Prometheus' HTTP API (reader) or the built-in demo."""
+
+    def query_range(
+        self,
+        query: str,
+        start: float,
+        end: float,
+        step: float,
+        *,
+        keep: Callable[[SeriesKey], bool] | None = None,
+        series_hint: int = 1,
+    ) -> RangeResult: ...
+
+
+def output_labels(key: SeriesKey, rule: str, extra: Mapping[str, str]) -> LabelPairs:
+    """Labels of an exported series: `rule`, the rule's extra labels, then the source series' labels.
+
+    A source label that clashes is renamed `exported_<name>` (as Prometheus does); the source metric name
+    becomes the `metric_name` label.
+    """
+    out = {"rule": rule, **extra}
+    for name, value in key:
+        if not value:
+            continue
+        if name == "__name__":
+            name = "metric_name"
+        while name in out:
+            name = f"exported_{name}"
+        out[name] = value
+    return tuple(sorted(out.items()))
+
+
+def stable_hash(key: SeriesKey) -> int:
+    """A hash of a label set that is the same in every process and on every replica."""
+    text = "\xff".join(f"{k}\xfe{v}" for k, v in key)
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "big")
+
+
+class RuleRunner:
+    """Owns one rule's history, model and published results."""
+
+    def __init__(self, rule: RuleConfig, source: Source, store: Store, clock: Callable[[], float] = time.time):
+        self.rule = rule
+        self._source = source
+        self._store = store
+        self._clock = clock
+        self._step = int(rule.step)
+        self._frame = SeriesFrame(self._step, max(2, int(rule.history // rule.step)), rule.max_series)
+        self._overlap = max(2 * self._step, 300)  # re-read recent points: late samples change them
+        self._model: Detector | None = None
+        self._labels: dict[SeriesKey, LabelPairs] = {}
+        self._frame_lock = threading.Lock()  # frame reads/writes (short)
+        self._fetch_lock = threading.Lock()  # one query at a time per rule
+        self._last_dropped = 0
+        store.add_rule(rule.name)
+
+    # -- jobs (called by the scheduler) --------------------------------------------------------------
+    def fit_job(self) -> None:
+        """Bring history up to date, refit the model, then score at once."""
+        try:
+            self._fetch()
+            with self._stage("fit"):
+                with self._frame_lock:
+                    self._frame.drop_absent()
+                    window = self._frame.window(copy=True)
+                self._model = build_detector(self.rule.model).fit(window)
+            self._store.update(self.rule.name, ready=True, last_fit=self._clock())
+            self._score()
+        except Exception:  # already logged and counted by _stage
+            self._store.update(self.rule.name, ready=True)  # ready = "finished its first fit or reported an error"
+
+    def score_job(self) -> None:
+        """Fetch what is new and publish fresh scores (no-op until the first fit)."""
+        if self._model is None:
+            return
+        try:
+            self._fetch()
+            self._score()
+        except Exception:
+            pass
+
+    # -- stages --------------------------------------------------------------------------------------
+    @contextmanager
+    def _stage(self, stage: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        except Exception as exc:
+            log.warning("rule %s: %s failed: %s", self.rule.name, stage, exc, exc_info=stage != "query")
+            self._store.record_error(self.rule.name, stage, str(exc))
+            if stage == "query":
+                self._maybe_withdraw()
+            raise
+        finally:
+            self._store.record_duration(self.rule.name, stage, time.perf_counter() - started)
+
+    def _fetch(self) -> None:
+        with self._fetch_lock, self._stage("query"):
+            end = int(self._clock()) // self._step * self._step
+            history_start = end - int(self.rule.history) + self._step
+            last = self._frame.last_timestamp
+            if last is None or last < history_start:
+                result, dropped = self._load_history(history_start, end)
+            else:
+                start = max(history_start, last - self._overlap)
+                with self._frame_lock:
+                    keep = self._frame.admitter()
+                result = self._source.query_range(
+                    self.rule.query, start, end, self._step, keep=keep, series_hint=max(1, len(self._frame))
+                )
+                dropped = result.dropped
+            with self._frame_lock:
+                self._frame.merge(result)
+                n_series = len(self._frame)
+            if dropped and dropped != self._last_dropped:
+                log.warning(
+                    "rule %s: query returned %d series beyond max_series=%d; they are not scored",
+                    self.rule.name, dropped, self.rule.max_series,
+                )
+            self._last_dropped = dropped
+            self._store.update(self.rule.name, series=n_series, dropped=dropped)
+
+    def _load_history(self, start: int, end: int) -> tuple[RangeResult, int]:
+        """Full history, for at most max_series series chosen by a stable hash (same set on every restart)."""
+        probe = self._source.query_range(self.rule.query, max(start, end - self._overlap), end, self._step)
+        ranked = sorted(probe.keys, key=stable_hash)
+        kept = set(ranked[: self.rule.max_series])
+        result = self._source.query_range(
+            self.rule.query, start, end, self._step, keep=kept.__contains__, series_hint=max(1, len(kept))
+        )
+        return result, len(probe.keys) - len(kept)
+
+    def _score(self) -> None:
+        model = self._model
+        if model is None:
+            return
+        with self._stage("score"):
+            with self._frame_lock:
+                window = self._frame.window()
+                if len(window.timestamps) == 0:
+                    return
+                last = np.array([len(window.timestamps) - 1])
+                values = window.values[:, last].copy()
+                prediction = model.predict(window, last)
+                keys = list(window.keys)
+                timestamp = float(window.timestamps[-1])
+            r = self.rule
+            scored = calibrate(
+                values,
+                prediction,
+                threshold=r.threshold,
+                direction=r.direction,
+                min_abs_deviation=r.min_abs_deviation,
+                min_rel_deviation=r.min_rel_deviation,
+            )
+            present = ~np.isnan(values[:, 0])  # a series with no current value is not exported
+            rows = np.flatnonzero(present)
+            snapshot = RuleSnapshot(
+                labels=tuple(self._output_labels(keys[i]) for i in rows),
+                score=scored.score[rows, 0],
+                expected=scored.expected[rows, 0],
+                lower=scored.lower[rows, 0],
+                upper=scored.upper[rows, 0],
+                timestamp=timestamp,
+            )
+        self._store.publish(r.name, snapshot)
+        self._store.update(r.name, up=True, last_success=self._clock(), last_error=None)
+
+    def _output_labels(self, key: SeriesKey) -> LabelPairs:
+        labels = self._labels.get(key)
+        if labels is None:
+            if len(self._labels) > 4 * self.rule.max_series:  # churn: forget label sets of long-gone series
+                self._labels.clear()
+            labels = self._labels[key] = output_labels(key, self.rule.name, self.rule.labels)
+        return labels
+
+    def _maybe_withdraw(self) -> None:
+        """After queries have failed for a while, stop serving old scores as if they were current."""
+        last = self._store.health().get(self.rule.name)
+        horizon = max(3 * self.rule.interval, 300.0)
+        if last is not None and (last.last_success is None or self._clock() - last.last_success > horizon):
+            self._store.withdraw(self.rule.name)

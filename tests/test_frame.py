@@ -1,0 +1,95 @@
+import numpy as np
+import pytest
+
+from exporter.frame import SeriesFrame
+from exporter.reader import RangeResult
+
+
+def key(i):
+    return (("__name__", "m"), ("i", str(i)))
+
+
+def result(keys, start, n_cols, step=60, fill=None):
+    ts = start + step * np.arange(n_cols, dtype=np.int64)
+    if fill is None:
+        values = np.array([[float(k[1][1]) * 1000 + t / step for t in ts] for k in keys])
+    else:
+        values = np.full((len(keys), n_cols), fill, dtype=float)
+    return RangeResult(keys=list(keys), timestamps=ts, values=values.reshape(len(keys), n_cols), dropped=0,
+                       warnings=())
+
+
+def test_merge_builds_matrix_on_grid():
+    f = SeriesFrame(step=60, capacity=100, max_series=10)
+    f.merge(result([key(0), key(1)], 6000, 5))
+    w = f.window()
+    assert w.timestamps.tolist() == [6000, 6060, 6120, 6180, 6240]
+    assert w.values.shape == (2, 5)
+    assert w.values[1, 0] == 1000 + 100
+    assert f.first_timestamp == 6000 and f.last_timestamp == 6240
+
+
+def test_incremental_merge_overwrites_overlap_and_appends():
+    f = SeriesFrame(step=60, capacity=100, max_series=10)
+    f.merge(result([key(0)], 6000, 5, fill=1.0))
+    f.merge(result([key(0)], 6180, 4, fill=2.0))  # overlaps the last two columns, adds two
+    w = f.window()
+    assert w.values[0].tolist() == [1.0, 1.0, 1.0, 2.0, 2.0, 2.0, 2.0]
+
+
+def test_history_is_bounded_and_keeps_the_newest_columns():
+    f = SeriesFrame(step=60, capacity=50, max_series=10)
+    for i in range(40):  # 40 cycles of 3 new columns: forces several compactions of the slack
+        f.merge(result([key(0)], 60 * (3 * i), 3))
+    w = f.window()
+    assert len(w.timestamps) == 50
+    assert w.timestamps[-1] == 60 * (3 * 39 + 2)
+    assert np.all(np.diff(w.timestamps) == 60)
+    # values are t/step for key 0: the buffer shifts kept values along with their timestamps
+    assert np.array_equal(w.values[0], w.timestamps / 60)
+
+
+def test_gap_longer_than_history_starts_over():
+    f = SeriesFrame(step=60, capacity=10, max_series=10)
+    f.merge(result([key(0)], 0, 10, fill=1.0))
+    f.merge(result([key(0)], 60 * 1000, 2, fill=5.0))
+    w = f.window()
+    assert len(w.timestamps) == 10 and w.timestamps[-1] == 60 * 1001
+    assert np.isnan(w.values[0, :-2]).all() and w.values[0, -2:].tolist() == [5.0, 5.0]
+
+
+def test_new_and_vanished_series():
+    f = SeriesFrame(step=60, capacity=10, max_series=10)
+    f.merge(result([key(0), key(1)], 0, 3, fill=1.0))
+    assert f.merge(result([key(1), key(2)], 180, 2, fill=2.0)) == 1
+    w = f.window()
+    assert [k[1][1] for k in w.keys] == ["0", "1", "2"]
+    assert np.isnan(w.values[2, :3]).all() and w.values[2, 3:].tolist() == [2.0, 2.0]
+    assert np.isnan(w.values[0, 3:]).all()  # key 0 vanished: its new columns stay missing
+    f.merge(result([key(1)], 300, 10, fill=3.0))  # key 0's and key 2's last data falls out of the history
+    assert f.drop_absent() == 2
+    assert [k[1][1] for k in f.window().keys] == ["1"]
+
+
+def test_max_series_and_admitter():
+    f = SeriesFrame(step=60, capacity=10, max_series=2)
+    f.merge(result([key(0)], 0, 1))
+    keep = f.admitter()
+    assert [keep(key(0)), keep(key(5)), keep(key(6)), keep(key(5))] == [True, True, False, True]
+    f.merge(result([key(0), key(5), key(6)], 60, 1))  # merge never exceeds the cap either
+    assert len(f) == 2
+
+
+def test_rejects_off_grid_results():
+    f = SeriesFrame(step=60, capacity=10, max_series=2)
+    f.merge(result([key(0)], 0, 2))
+    with pytest.raises(ValueError, match="grid"):
+        f.merge(result([key(0)], 90, 2))
+
+
+def test_window_copy_is_independent():
+    f = SeriesFrame(step=60, capacity=10, max_series=2)
+    f.merge(result([key(0)], 0, 3, fill=1.0))
+    snapshot = f.window(copy=True)
+    f.merge(result([key(0)], 0, 3, fill=9.0))
+    assert snapshot.values[0].tolist() == [1.0, 1.0, 1.0]

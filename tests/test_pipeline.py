@@ -1,0 +1,164 @@
+"""A rule's loop end to end on the built-in demo source (no network): fetch, fit, score, publish, fail, recover."""
+
+import numpy as np
+import pytest
+
+from exporter.config import RuleConfig
+from exporter.demo import DemoSource
+from exporter.pipeline import RuleRunner, output_labels, stable_hash
+from exporter.reader import RangeResult, UnavailableError
+from exporter.store import Store
+
+T0 = 1_760_000_000.0
+
+
+class Clock:
+    def __init__(self, now):
+        self.now = now
+
+    def __call__(self):
+        return self.now
+
+
+class Recording:
+    """Wraps a source: records every query's (start, end) and can be told to fail."""
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.calls = []
+        self.fail = None
+
+    def query_range(self, query, start, end, step, *, keep=None, series_hint=1):
+        self.calls.append((start, end))
+        if self.fail is not None:
+            raise self.fail
+        return self.inner.query_range(query, start, end, step, keep=keep, series_hint=series_hint)
+
+
+def rule(**kw):
+    base = dict(name="web", query="demo_http_requests_per_second", interval=60, retrain=3600, step=60)
+    base.update(kw)
+    return RuleConfig(**base)
+
+
+def published(store, name):
+    snap = store.snapshots()[name]
+    return {dict(labels)["instance"]: (s, e) for labels, s, e in zip(snap.labels, snap.score, snap.expected, strict=True)}
+
+
+def test_fit_publishes_scores_and_flags_the_live_anomaly():
+    clock = Clock(T0 + 300)  # inside the first live anomaly (a spike on series 0, web-0)
+    source = DemoSource(started_at=T0, clock=clock)
+    store = Store()
+    RuleRunner(rule(), source, store, clock=clock).fit_job()
+    health = store.health()["web"]
+    assert health.ready and health.up and health.series == 4 and health.last_error is None
+    scores = published(store, "web")
+    assert set(scores) == {"web-0:8080", "web-1:8080", "web-2:8080", "web-3:8080"}
+    assert scores["web-0:8080"][0] >= 1
+    assert all(scores[f"web-{i}:8080"][0] < 1 for i in (1, 2, 3))
+
+
+def test_scoring_cycles_query_only_new_points():
+    clock = Clock(T0 + 60)
+    source = Recording(DemoSource(started_at=T0, clock=clock))
+    store = Store()
+    runner = RuleRunner(rule(), source, store, clock=clock)
+    runner.fit_job()
+    history_start, history_end = source.calls[-1]
+    assert history_end - history_start >= 7 * 86400 - 120
+    clock.now += 120
+    runner.score_job()
+    start, end = source.calls[-1]
+    assert end - start <= 600  # last point + overlap, not the week again
+    assert store.snapshots()["web"].timestamp == (clock.now // 60) * 60
+
+
+def test_prometheus_down_marks_rule_down_then_recovers():
+    clock = Clock(T0 + 60)
+    source = Recording(DemoSource(started_at=T0, clock=clock))
+    store = Store()
+    runner = RuleRunner(rule(), source, store, clock=clock)
+    runner.fit_job()
+    source.fail = UnavailableError("connection refused")
+    clock.now += 60
+    runner.score_job()
+    h = store.health()["web"]
+    assert not h.up and h.errors["query"] == 1 and "connection refused" in h.last_error
+    assert "web" in store.snapshots()  # briefly keeps the last scores...
+    clock.now += 600
+    runner.score_job()
+    assert "web" not in store.snapshots()  # ...but never serves them as current for long
+    source.fail = None
+    clock.now += 60
+    runner.score_job()
+    h = store.health()["web"]
+    assert h.up and h.errors["query"] == 2 and h.last_error is None
+    assert len(store.snapshots()["web"].labels) == 4
+
+
+def test_failed_first_fit_still_reports_ready_with_the_error():
+    source = Recording(DemoSource(started_at=T0, clock=Clock(T0)))
+    source.fail = UnavailableError("503 Service Unavailable")
+    store = Store()
+    RuleRunner(rule(), source, store, clock=Clock(T0)).fit_job()
+    h = store.health()["web"]
+    assert h.ready and not h.up and "503" in h.last_error
+
+
+class ManySeries:
+    """A source with `n` flat-ish series, to test the max_series cap."""
+
+    def __init__(self, n):
+        self.n = n
+        self.max_rows = 0
+
+    def query_range(self, query, start, end, step, *, keep=None, series_hint=1):
+        ts = np.arange(int(start) // 60 * 60, int(end) // 60 * 60 + 1, 60, dtype=np.int64)
+        keys = [(("__name__", "m"), ("pod", f"p{i}")) for i in range(self.n)]
+        kept = [k for k in keys if keep is None or keep(k)]
+        self.max_rows = max(self.max_rows, len(kept) if keep else 0)
+        values = np.ones((len(kept), len(ts))) + np.arange(len(ts)) % 3
+        return RangeResult(keys=kept, timestamps=ts, values=values, dropped=len(keys) - len(kept), warnings=())
+
+
+def test_max_series_caps_history_and_the_choice_is_stable():
+    clock = Clock(T0)
+    stores = []
+    for _ in range(2):
+        store = Store()
+        source = ManySeries(5000)
+        RuleRunner(rule(query="m", max_series=50, history=86400), source, store, clock=clock).fit_job()
+        assert source.max_rows == 50  # history was only ever fetched for the kept series
+        h = store.health()["web"]
+        assert h.series == 50 and h.dropped == 4950
+        stores.append({dict(lbl)["pod"] for lbl in store.snapshots()["web"].labels})
+    assert stores[0] == stores[1] and len(stores[0]) == 50
+
+
+def test_output_labels_rename_clashes_and_keep_metric_name():
+    key = (("__name__", "up"), ("exported_rule", "y"), ("rule", "x"), ("team", "a"), ("zone", ""))
+    labels = dict(output_labels(key, "r1", {"team": "sre"}))
+    assert labels == {
+        "rule": "r1",
+        "team": "sre",
+        "metric_name": "up",
+        "exported_rule": "y",
+        "exported_exported_rule": "x",
+        "exported_team": "a",
+    }
+
+
+def test_stable_hash_is_stable():
+    key = (("__name__", "up"), ("job", "a"))
+    # a fixed value: the shard/cap choice must not change between processes, restarts or versions
+    assert stable_hash(key) == 3733402983390382274
+    assert stable_hash((("__name__", "up"), ("job", "b"))) != stable_hash(key)
+
+
+@pytest.mark.parametrize("bad", ["nonexistent_metric", "rate(x[5m]"])
+def test_bad_query_is_reported_on_the_rule(bad):
+    store = Store()
+    RuleRunner(rule(name="bad", query=bad), DemoSource(started_at=T0, clock=Clock(T0)), store, clock=Clock(T0)).fit_job()
+    h = store.health()["bad"]
+    assert h.ready and not h.up and h.errors["query"] == 1
