@@ -37,17 +37,31 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command")
 
     def serving_flags(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--web.listen-address", dest="listen", default=DEFAULT_LISTEN,
-                       help=f"address to serve /metrics on (default {DEFAULT_LISTEN})")
-        p.add_argument("--web.enable-lifecycle", dest="lifecycle", action="store_true",
-                       help="enable POST /-/reload")
-        p.add_argument("--log.level", dest="log_level", default="info", choices=["debug", "info", "warn", "error"])
+        p.add_argument(
+            "--web.listen-address",
+            dest="listen",
+            default=DEFAULT_LISTEN,
+            help=f"address to serve /metrics on (default {DEFAULT_LISTEN})",
+        )
+        p.add_argument(
+            "--web.enable-lifecycle", dest="lifecycle", action="store_true", help="enable POST /-/reload"
+        )
+        p.add_argument(
+            "--log.level", dest="log_level", default="info", choices=["debug", "info", "warn", "error"]
+        )
         p.add_argument("--log.format", dest="log_format", default="logfmt", choices=["logfmt", "json"])
-        p.add_argument("--scheduler.workers", dest="workers", type=int, default=4,
-                       help="rule jobs run at the same time (default 4)")
+        p.add_argument(
+            "--scheduler.workers",
+            dest="workers",
+            type=int,
+            default=4,
+            help="rule jobs run at the same time (default 4)",
+        )
 
     run = sub.add_parser("run", help="run the exporter (the default command)")
-    run.add_argument("--config.file", dest="config_file", default="rules.yaml", help="rules file (default rules.yaml)")
+    run.add_argument(
+        "--config.file", dest="config_file", default="rules.yaml", help="rules file (default rules.yaml)"
+    )
     serving_flags(run)
     check = sub.add_parser("check", help="validate a rules file and exit non-zero on errors")
     check.add_argument("file", nargs="?", default="rules.yaml")
@@ -59,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
-    if not args_list or args_list[0].startswith("-") and args_list[0] not in ("-h", "--help", "--version"):
+    if not args_list or (args_list[0].startswith("-") and args_list[0] not in ("-h", "--help", "--version")):
         args_list.insert(0, "run")  # `anomaly-exporter --config.file x` means `run`
     args = build_parser().parse_args(args_list)
     if args.command == "check":

@@ -18,7 +18,11 @@ from exporter.store import Store
 
 _SCHEDULE_NOTE = "Computed by the exporter every rule interval, not at scrape time."
 SERIES_GAUGES = (
-    ("anomaly_score", "score", "Anomaly score: 0 = as expected, 1 = at the rule's threshold, higher = further out."),
+    (
+        "anomaly_score",
+        "score",
+        "Anomaly score: 0 = as expected, 1 = at the rule's threshold, higher = further out.",
+    ),
     ("anomaly_expected", "expected", "Value the model expected for the series at the scored time."),
     ("anomaly_expected_lower", "lower", "Lower edge of the expected band (anomaly_score 1 below it)."),
     ("anomaly_expected_upper", "upper", "Upper edge of the expected band (anomaly_score 1 above it)."),
@@ -45,9 +49,13 @@ class AnomalyCollector(Collector):
 
     def _health_metrics(self) -> Iterator[Metric]:
         health = self._store.health()
-        up = GaugeMetricFamily("anomaly_exporter_rule_up", "1 if the rule's last scoring cycle succeeded.", labels=["rule"])
+        up = GaugeMetricFamily(
+            "anomaly_exporter_rule_up", "1 if the rule's last scoring cycle succeeded.", labels=["rule"]
+        )
         ready = GaugeMetricFamily(
-            "anomaly_exporter_rule_ready", "1 once the rule finished its first fit (or reported an error).", labels=["rule"]
+            "anomaly_exporter_rule_ready",
+            "1 once the rule finished its first fit (or reported an error).",
+            labels=["rule"],
         )
         success = GaugeMetricFamily(
             "anomaly_exporter_last_success_timestamp_seconds",
@@ -55,10 +63,14 @@ class AnomalyCollector(Collector):
             labels=["rule"],
         )
         fitted = GaugeMetricFamily(
-            "anomaly_exporter_last_fit_timestamp_seconds", "Unix time of the rule's last successful fit.", labels=["rule"]
+            "anomaly_exporter_last_fit_timestamp_seconds",
+            "Unix time of the rule's last successful fit.",
+            labels=["rule"],
         )
         series = GaugeMetricFamily(
-            "anomaly_exporter_series", "Series tracked for the rule (at most its max_series).", labels=["rule"]
+            "anomaly_exporter_series",
+            "Series tracked for the rule (at most its max_series).",
+            labels=["rule"],
         )
         dropped = GaugeMetricFamily(
             "anomaly_exporter_series_dropped",
@@ -101,7 +113,9 @@ class AnomalyCollector(Collector):
                 value=reload.last_success,
             )
         reloads = CounterMetricFamily(
-            "anomaly_exporter_config_reloads", "Attempts to reload the rules file, by result.", labels=["result"]
+            "anomaly_exporter_config_reloads",
+            "Attempts to reload the rules file, by result.",
+            labels=["result"],
         )
         for result in ("success", "failure"):
             reloads.add_metric([result], reload.attempts.get(result, 0))

@@ -2,11 +2,43 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import difflib
+import os
+from collections.abc import Hashable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import Any
 
+import yaml
+
+from exporter.config_check import Checker, Invalid, spec_default, type_name
+from exporter.config_schema import (
+    CONFIG,
+    DEFAULTS,
+    MODEL,
+    PROMETHEUS,
+    RECEIVER,
+    RULE_SETTINGS,
+    TLS,
+    Section,
+    json_schema,
+)
+from exporter.durations import format_duration
 from exporter.secret import Secret
+
+__all__ = [
+    "BasicAuth",
+    "Config",
+    "ConfigError",
+    "ModelConfig",
+    "PrometheusConfig",
+    "ReceiverConfig",
+    "RuleConfig",
+    "TLSConfig",
+    "json_schema",
+    "load_config",
+    "parse_config",
+]
 
 
 def _frozen_map(data: Mapping[str, str] | None = None) -> Mapping[str, str]:
@@ -31,7 +63,10 @@ class BasicAuth:
 
 @dataclass(frozen=True)
 class PrometheusConfig:
-    """Where and how to reach a Prometheus-compatible query API (Prometheus, Thanos, Mimir/Cortex, VictoriaMetrics)."""
+    """Where and how to reach a Prometheus-compatible query API.
+
+    Works with Prometheus, Thanos, Mimir/Cortex and VictoriaMetrics.
+    """
 
     url: str
     timeout: float = 30.0  # seconds, per HTTP request
@@ -102,4 +137,239 @@ class ConfigError(Exception):
         super().__init__(f"{where}{len(self.errors)} error(s):\n" + "\n".join(f"  {e}" for e in self.errors))
 
 
-# --- loader, validation and JSON Schema below (to be implemented) ---
+# --- loading ----------------------------------------------------------------------------------------------
+
+
+def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None) -> Config:
+    """Read and validate a rules file; relative file paths inside it resolve against its directory."""
+    source = os.fspath(path)
+    try:
+        with open(source, encoding="utf-8") as fh:
+            text = fh.read()
+    except OSError as exc:
+        raise ConfigError([f"cannot read config file: {exc.strerror or exc}"], source=source) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError([f"config file is not valid UTF-8 (byte {exc.start})"], source=source) from None
+    base_dir = os.path.dirname(os.path.abspath(source))
+    return parse_config(text, source=source, environ=environ, base_dir=base_dir)
+
+
+def parse_config(
+    text: str,
+    source: str = "<string>",
+    environ: Mapping[str, str] | None = None,
+    base_dir: str | None = None,
+) -> Config:
+    """Validate rules.yaml text into frozen objects, or raise ConfigError listing every problem."""
+    data, errors = _load_yaml(text, source)
+    if data is None:
+        raise ConfigError([*errors, "config is empty: expected `prometheus` and `rules`"], source)
+    if not isinstance(data, dict):
+        raise ConfigError([*errors, f"top level must be a mapping (got {type_name(data)})"], source)
+    checker = Checker(os.environ if environ is None else environ, base_dir)
+    top = checker.section(CONFIG, "", data)
+    rules = _resolve_rules(checker, top)
+    errors += list(dict.fromkeys(checker.errors))  # a problem in `defaults` is found once per rule
+    if errors:
+        raise ConfigError(errors, source)
+    return _build(top, rules)
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that records duplicate mapping keys, which PyYAML would silently resolve to the last one."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self.duplicates: list[tuple[int, int, str]] = []  # line, column, message
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Hashable, Any]:
+        first_line: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node)
+            mark = key_node.start_mark
+            if key in first_line:
+                message = f"duplicate key {key!r} (first defined on line {first_line[key]})"
+                self.duplicates.append((mark.line + 1, mark.column + 1, message))
+            else:
+                first_line[key] = mark.line + 1
+        return super().construct_mapping(node, deep=deep)
+
+
+def _load_yaml(text: str, source: str) -> tuple[Any, list[str]]:
+    """Parse one document: syntax errors raise at once (with line:column); duplicate keys are returned."""
+    loader = _Loader(text)
+    try:
+        data = loader.get_single_data()
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark else source
+        problem = exc.problem or ""
+        if exc.context and (not problem or problem.startswith("but ")):  # "but found another document"
+            problem = f"{exc.context}, {problem}" if problem else exc.context
+        raise ConfigError([f"{where}: {problem}"], source) from None
+    except yaml.YAMLError as exc:
+        raise ConfigError([f"{source}: {exc}"], source) from None
+    finally:
+        loader.dispose()
+    return data, [f"{source}:{line}:{col}: {msg}" for line, col, msg in sorted(loader.duplicates)]
+
+
+# --- rules: defaults, cross-field checks, references --------------------------------------------------------
+
+# Merged rule settings: key ("interval", "model.level_window", ...) -> (value, path where it was set or None).
+_Settings = dict[str, tuple[Any, str | None]]
+
+
+def _merge(rule: dict[str, Any], path: str, defaults: dict[str, Any]) -> _Settings:
+    """Apply `defaults` and then the built-in defaults to one rule, remembering where each value came from."""
+    out: _Settings = {}
+    for f in RULE_SETTINGS:
+        if f.kind == "section":
+            continue
+        if f.name in rule:
+            out[f.name] = (rule[f.name], f"{path}.{f.name}")
+        elif f.name in defaults:
+            out[f.name] = (defaults[f.name], f"defaults.{f.name}")
+        else:
+            out[f.name] = (spec_default(f), None)
+    base, own = defaults.get("model", {}), rule.get("model", {})
+    for f in MODEL.fields:
+        key = f"model.{f.name}"
+        if isinstance(own, Invalid) or isinstance(base, Invalid):
+            out[key] = (own, None)
+        elif f.name in own:
+            out[key] = (own[f.name], f"{path}.{key}")
+        elif f.name in base:
+            out[key] = (base[f.name], f"defaults.{key}")
+        else:
+            out[key] = (spec_default(f), None)
+    own_labels, base_labels = rule.get("labels", {}), defaults.get("labels", {})
+    if isinstance(own_labels, dict) and isinstance(base_labels, dict):
+        out["labels"] = ({**base_labels, **own_labels}, None)
+    return out
+
+
+def _check_rule(checker: Checker, s: _Settings) -> None:
+    """Checks between settings; reported where the user set the value, preferring the rule over `defaults`."""
+
+    def at_least(key: str, other: str, factor: int, how: str, at_most: bool = False) -> None:
+        (value, path), (limit, other_path) = s[key], s[other]
+        if isinstance(value, Invalid) or isinstance(limit, Invalid):
+            return
+        if (value > limit) if at_most else (value < factor * limit):
+            paths = [p for p in (path, other_path) if p and p.startswith("rules")]
+            where = (paths + [p for p in (path, other_path) if p] + [f"defaults.{key}"])[0]
+            name, other_name = key.split(".")[-1], other.split(".")[-1]
+            checker.error(
+                where,
+                f"{name} must {how} ({name} {format_duration(value)}, {other_name} {format_duration(limit)})",
+            )
+
+    at_least("history", "step", 10, "be at least 10 × step")
+    at_least("retrain", "interval", 1, "be at least interval")
+    at_least("model.level_window", "history", 1, "not exceed history", at_most=True)
+    at_least("model.min_history", "history", 1, "not exceed history", at_most=True)
+
+
+def _check_receivers(checker: Checker, path: str, names: Any, known: Any) -> None:
+    if not isinstance(names, list) or not isinstance(known, dict):
+        return
+    for i, name in enumerate(names):
+        if isinstance(name, str) and name not in known:
+            defined = f"defined: {', '.join(known)}" if known else "no receivers are defined"
+            close = difflib.get_close_matches(name, list(known), n=1)
+            hint = f"did you mean {close[0]!r}?" if close else defined
+            checker.error(f"{path}[{i}]", f"unknown receiver {name!r} ({hint})")
+
+
+def _resolve_rules(checker: Checker, top: dict[str, Any]) -> list[tuple[dict[str, Any], _Settings]]:
+    """Merge every valid rule with the defaults and run the checks that span keys, rules and receivers."""
+    defaults = top.get("defaults", {})
+    defaults = defaults if isinstance(defaults, dict) else {}
+    rules, receivers = top.get("rules"), top.get("receivers", {})
+    _check_receivers(checker, "defaults.receivers", defaults.get("receivers"), receivers)
+    first_path: dict[str, str] = {}
+    out = []
+    for i, rule in enumerate(rules if isinstance(rules, list) else []):
+        if not isinstance(rule, dict):
+            continue
+        path = f"rules[{i}]"
+        name = rule.get("name")
+        if isinstance(name, str):
+            if name in first_path:
+                checker.error(f"{path}.name", f"duplicate rule name {name!r} (also {first_path[name]})")
+            first_path.setdefault(name, f"{path}.name")
+        _check_receivers(checker, f"{path}.receivers", rule.get("receivers"), receivers)
+        settings = _merge(rule, path, defaults)
+        _check_rule(checker, settings)
+        out.append((rule, settings))
+    return out
+
+
+# --- building the frozen objects (only reached when there are no errors) -----------------------------------
+
+
+def _get(data: dict[str, Any], section: Section, name: str) -> Any:
+    if name in data:
+        return data[name]
+    f = section.get(name)
+    assert f is not None
+    return spec_default(f)
+
+
+def _tls(data: dict[str, Any] | None) -> TLSConfig:
+    return TLSConfig(**{f.name: _get(data or {}, TLS, f.name) for f in TLS.fields})
+
+
+def _auth(data: dict[str, Any]) -> tuple[Secret | None, BasicAuth | None]:
+    token = data.get("bearer_token", data.get("bearer_token_file"))
+    basic = data.get("basic_auth")
+    if basic is None:
+        return token, None
+    return token, BasicAuth(basic["username"], basic.get("password", basic.get("password_file")))
+
+
+_SCALARS = ("duration", "number", "integer", "enum")
+
+
+def _build(top: dict[str, Any], rules: list[tuple[dict[str, Any], _Settings]]) -> Config:
+    p = top["prometheus"]
+    token, basic = _auth(p)
+    prometheus = PrometheusConfig(
+        url=p["url"],
+        timeout=_get(p, PROMETHEUS, "timeout"),
+        headers=_frozen_map(p.get("headers")),
+        bearer_token=token,
+        basic_auth=basic,
+        tls=_tls(p.get("tls")),
+        max_retries=_get(p, PROMETHEUS, "max_retries"),
+    )
+    receivers = {}
+    for name, r in top.get("receivers", {}).items():
+        token, basic = _auth(r)
+        urls = [Secret(u) for u in r["urls"]] if "urls" in r else [r.get("url", r.get("url_file"))]
+        receivers[name] = ReceiverConfig(
+            name=name,
+            type=r["type"],
+            urls=tuple(urls),
+            timeout=_get(r, RECEIVER, "timeout"),
+            tls=_tls(r.get("tls")),
+            bearer_token=token,
+            basic_auth=basic,
+        )
+    built = []
+    for rule, s in rules:
+        plain = {f.name: s[f.name][0] for f in DEFAULTS.fields if f.kind in _SCALARS}
+        built.append(
+            RuleConfig(
+                name=rule["name"],
+                query=rule["query"],
+                **plain,
+                labels=_frozen_map(s["labels"][0]),
+                model=ModelConfig(**{f.name: s[f"model.{f.name}"][0] for f in MODEL.fields}),
+                receivers=tuple(s["receivers"][0]),
+            )
+        )
+    return Config(prometheus=prometheus, rules=tuple(built), receivers=MappingProxyType(receivers))

@@ -37,13 +37,26 @@ class DemoSeries:
 
 def default_series() -> list[DemoSeries]:
     web = [
-        DemoSeries("demo_http_requests_per_second", {"job": "web", "instance": f"web-{i}:8080"}, 120 + 40 * i, 0.6,
-                   4.0 + i, 14.0 + i)
+        DemoSeries(
+            "demo_http_requests_per_second",
+            {"job": "web", "instance": f"web-{i}:8080"},
+            120 + 40 * i,
+            0.6,
+            4.0 + i,
+            14.0 + i,
+        )
         for i in range(4)
     ]
     cpu = [
-        DemoSeries("demo_cpu_usage_ratio", {"job": "node", "instance": f"node-{i}:9100"}, 0.35 + 0.05 * i, 0.5, 0.015,
-                   15.0, upper=1.0)
+        DemoSeries(
+            "demo_cpu_usage_ratio",
+            {"job": "node", "instance": f"node-{i}:9100"},
+            0.35 + 0.05 * i,
+            0.5,
+            0.015,
+            15.0,
+            upper=1.0,
+        )
         for i in range(3)
     ]
     queues = [
@@ -62,7 +75,7 @@ class Anomaly:
 
 
 class DemoSource:
-    """Answers range queries for the demo metrics (a bare metric name, optionally with `{label="value"}` matchers)."""
+    """Answers range queries for the demo metrics: a bare metric name, optionally with `{label="value"}`."""
 
     live_every = 600.0  # seconds between injected live anomalies
     live_first = 180.0  # the first one starts this long after start-up
@@ -81,7 +94,9 @@ class DemoSource:
     def anomalies_between(self, start: float, end: float) -> list[Anomaly]:
         """Every anomaly overlapping [start, end]: the two historical ones and the live ones."""
         found = [a for a in self.history_anomalies if a.end >= start and a.start <= end]
-        first = max(0, int(np.floor((start - self.started_at - self.live_first - self.live_length) / self.live_every)))
+        first = max(
+            0, int(np.floor((start - self.started_at - self.live_first - self.live_length) / self.live_every))
+        )
         k = first
         while True:
             a_start = self.started_at + self.live_first + k * self.live_every
@@ -123,7 +138,9 @@ class DemoSource:
             raise BadQueryError(f"demo source has no metric {metric!r} (it knows: {known})")
         step_i = int(step)
         end = min(end, self._clock())
-        grid = np.arange(int(start) // step_i * step_i, int(end) // step_i * step_i + 1, step_i, dtype=np.int64)
+        grid = np.arange(
+            int(start) // step_i * step_i, int(end) // step_i * step_i + 1, step_i, dtype=np.int64
+        )
         keys: list[SeriesKey] = []
         rows: list[np.ndarray] = []
         dropped = 0
@@ -155,7 +172,9 @@ _MATCHER = re.compile(r'\s*([a-zA-Z_][a-zA-Z0-9_]*)\s*=\s*"([^"]*)"\s*,?')
 def _parse_selector(query: str) -> tuple[str, dict[str, str]]:
     m = _SELECTOR.match(query)
     if not m:
-        raise BadQueryError(f"demo source understands only `metric` or `metric{{label=\"value\"}}`, not {query!r}")
+        raise BadQueryError(
+            f'demo source understands only `metric` or `metric{{label="value"}}`, not {query!r}'
+        )
     matchers = dict(_MATCHER.findall(m.group(2) or ""))
     return m.group(1), matchers
 

@@ -14,7 +14,7 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class Window:
-    """A read-only view handed to detectors: `values[i, j]` is series `keys[i]` at `timestamps[j]` (NaN = no data)."""
+    """Read-only view for detectors: `values[i, j]` is series `keys[i]` at `timestamps[j]` (NaN: no data)."""
 
     keys: Sequence[SeriesKey]
     timestamps: np.ndarray  # int64 seconds, evenly spaced by `step`
@@ -26,7 +26,7 @@ class Window:
 
 
 class SeriesFrame:
-    """Bounded per-rule history. Rows are series (at most `max_series`), columns the step grid (at most `capacity`).
+    """Bounded per-rule history: rows are series (at most `max_series`), columns the step grid (`capacity`).
 
     Appending new columns is amortised O(new data): the buffer keeps slack columns and only shifts the kept
     history to the front when the slack is used up, instead of copying the whole matrix every cycle.

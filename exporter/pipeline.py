@@ -68,7 +68,9 @@ def stable_hash(key: SeriesKey) -> int:
 class RuleRunner:
     """Owns one rule's history, model and published results."""
 
-    def __init__(self, rule: RuleConfig, source: Source, store: Store, clock: Callable[[], float] = time.time):
+    def __init__(
+        self, rule: RuleConfig, source: Source, store: Store, clock: Callable[[], float] = time.time
+    ):
         self.rule = rule
         self._source = source
         self._store = store
@@ -80,12 +82,15 @@ class RuleRunner:
         self._labels: dict[SeriesKey, LabelPairs] = {}
         self._frame_lock = threading.Lock()  # frame reads/writes (short)
         self._fetch_lock = threading.Lock()  # one query at a time per rule
+        self._fit_lock = threading.Lock()  # one fit at a time per rule
         self._last_dropped = 0
         store.add_rule(rule.name)
 
     # -- jobs (called by the scheduler) --------------------------------------------------------------
     def fit_job(self) -> None:
         """Bring history up to date, refit the model, then score at once."""
+        if not self._fit_lock.acquire(blocking=False):
+            return  # a fit is already running (the first one can take a while)
         try:
             self._fetch()
             with self._stage("fit"):
@@ -96,11 +101,16 @@ class RuleRunner:
             self._store.update(self.rule.name, ready=True, last_fit=self._clock())
             self._score()
         except Exception:  # already logged and counted by _stage
-            self._store.update(self.rule.name, ready=True)  # ready = "finished its first fit or reported an error"
+            self._store.update(
+                self.rule.name, ready=True
+            )  # ready = "finished its first fit or reported an error"
+        finally:
+            self._fit_lock.release()
 
     def score_job(self) -> None:
-        """Fetch what is new and publish fresh scores (no-op until the first fit)."""
+        """Fetch what is new and publish fresh scores; until a first fit succeeds, keep trying to fit."""
         if self._model is None:
+            self.fit_job()
             return
         try:
             self._fetch()
@@ -144,7 +154,9 @@ class RuleRunner:
             if dropped and dropped != self._last_dropped:
                 log.warning(
                     "rule %s: query returned %d series beyond max_series=%d; they are not scored",
-                    self.rule.name, dropped, self.rule.max_series,
+                    self.rule.name,
+                    dropped,
+                    self.rule.max_series,
                 )
             self._last_dropped = dropped
             self._store.update(self.rule.name, series=n_series, dropped=dropped)

@@ -26,8 +26,12 @@ SeriesKey = tuple[tuple[str, str], ...]  # sorted (label, value) pairs of a seri
 MAX_POINTS_PER_SERIES = 10_000  # per request; Prometheus rejects more than 11,000
 POST_QUERY_LENGTH = 2_000  # longer queries go in a form-encoded POST body (URLs have length limits)
 _BACKOFF_BASE, _BACKOFF_CAP, _RETRY_AFTER_CAP = 0.5, 10.0, 30.0
-_RETRIED_ERRORS = (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError,
-                   requests.exceptions.ContentDecodingError)
+_RETRIED_ERRORS = (
+    requests.ConnectionError,
+    requests.Timeout,
+    requests.exceptions.ChunkedEncodingError,
+    requests.exceptions.ContentDecodingError,
+)
 
 
 @dataclass(frozen=True, eq=False)  # eq=False: numpy arrays make field-wise == ambiguous
@@ -44,16 +48,18 @@ class RangeResult:
 class QueryError(Exception):
     """A range query failed. The reader's messages name the (shortened) query and never contain a secret."""
 
-    def __init__(self, message: str, *, query: str = "", status: int | None = None,
-                 error_type: str | None = None) -> None:
+    def __init__(
+        self, message: str, *, query: str = "", status: int | None = None, error_type: str | None = None
+    ) -> None:
         super().__init__(message)
         self.query = query  # shortened
         self.status = status  # HTTP status of the last attempt, if there was a response
         self.error_type = error_type  # Prometheus' errorType (bad_data, execution, timeout...), if any
 
     @classmethod
-    def about(cls, query: str, detail: str, *, status: int | None = None,
-              error_type: str | None = None) -> Self:
+    def about(
+        cls, query: str, detail: str, *, status: int | None = None, error_type: str | None = None
+    ) -> Self:
         short = _shorten(query)
         return cls(f"query {short!r}: {detail}", query=short, status=status, error_type=error_type)
 
@@ -80,9 +86,15 @@ class PrometheusReader:
     Per-query state lives in the call, so one reader can serve several rules' threads.
     """
 
-    def __init__(self, config: PrometheusConfig, *, session: requests.Session | None = None,
-                 sleep: Callable[[float], None] = time.sleep, rng: random.Random | None = None,
-                 points_per_request: int = 2_000_000) -> None:
+    def __init__(
+        self,
+        config: PrometheusConfig,
+        *,
+        session: requests.Session | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        rng: random.Random | None = None,
+        points_per_request: int = 2_000_000,
+    ) -> None:
         if config.bearer_token is not None and config.basic_auth is not None:
             raise ValueError("prometheus: bearer_token and basic_auth are mutually exclusive")
         if points_per_request < 1:
@@ -95,8 +107,11 @@ class PrometheusReader:
         self._sleep = sleep
         self._rng = rng if rng is not None else random.Random()
         self._points_per_request = points_per_request
-        self._headers = {"User-Agent": f"prometheus-anomaly-exporter/{__version__}",
-                         "Accept": "application/json", **config.headers}
+        self._headers = {
+            "User-Agent": f"prometheus-anomaly-exporter/{__version__}",
+            "Accept": "application/json",
+            **config.headers,
+        }
         self._auth: tuple[str, str] | None = None
         self._secrets: list[str] = []  # scrubbed from any text we did not write ourselves
         if config.bearer_token is not None:
@@ -115,8 +130,16 @@ class PrometheusReader:
         if tls.insecure_skip_verify:
             log.warning("TLS certificate verification is disabled for %s (insecure_skip_verify)", self._where)
 
-    def query_range(self, query: str, start: float, end: float, step: float, *,
-                    keep: Callable[[SeriesKey], bool] | None = None, series_hint: int = 1) -> RangeResult:
+    def query_range(
+        self,
+        query: str,
+        start: float,
+        end: float,
+        step: float,
+        *,
+        keep: Callable[[SeriesKey], bool] | None = None,
+        series_hint: int = 1,
+    ) -> RangeResult:
         """Fetch `query` over [start, end] on the grid k * step, in as many requests as the budget needs.
 
         Raises ValueError for a bad step or range, BadQueryError, UnavailableError or QueryError otherwise.
@@ -138,8 +161,15 @@ class PrometheusReader:
             col += n
             requests_made += 1
         result = merged.result()
-        log.debug("query %r: %d request(s), %d series kept, %d dropped, %d steps in %.3fs", _shorten(query),
-                  requests_made, len(result.keys), result.dropped, n_t, time.monotonic() - began)
+        log.debug(
+            "query %r: %d request(s), %d series kept, %d dropped, %d steps in %.3fs",
+            _shorten(query),
+            requests_made,
+            len(result.keys),
+            result.dropped,
+            n_t,
+            time.monotonic() - began,
+        )
         return result
 
     def close(self) -> None:
@@ -166,8 +196,15 @@ class PrometheusReader:
                 delay = failure.retry_after
                 if delay is None:
                     delay = self._rng.uniform(0.0, min(_BACKOFF_CAP, _BACKOFF_BASE * 2**attempt))
-                log.warning("query %r to %s failed (%s); retry %d/%d in %.2fs", _shorten(query), self._where,
-                            failure.cause, attempt + 1, attempts - 1, delay)
+                log.warning(
+                    "query %r to %s failed (%s); retry %d/%d in %.2fs",
+                    _shorten(query),
+                    self._where,
+                    failure.cause,
+                    attempt + 1,
+                    attempts - 1,
+                    delay,
+                )
                 self._sleep(delay)
         cause = f"{self._where} unavailable after {attempts} attempt(s): {failure.cause}"
         raise UnavailableError.about(query, cause, status=failure.status)
@@ -176,9 +213,16 @@ class PrometheusReader:
         post = len(query) > POST_QUERY_LENGTH
         try:
             resp = self._session.request(
-                "POST" if post else "GET", self._endpoint, params=None if post else params,
-                data=params if post else None, headers=self._headers, auth=self._auth, verify=self._verify,
-                cert=self._cert, timeout=self._config.timeout)
+                "POST" if post else "GET",
+                self._endpoint,
+                params=None if post else params,
+                data=params if post else None,
+                headers=self._headers,
+                auth=self._auth,
+                verify=self._verify,
+                cert=self._cert,
+                timeout=self._config.timeout,
+            )
         except _RETRIED_ERRORS as exc:
             raise _Retry(self._scrub(f"{type(exc).__name__}: {exc}")) from None
         except requests.RequestException as exc:  # bad URL, invalid header...: configuration, not transient
@@ -200,10 +244,12 @@ class PrometheusReader:
         if status == 429 or status >= 500:
             raise _Retry(text, status, _retry_after(resp) if status in (429, 503) else None)
         if status in (400, 422):
-            raise BadQueryError.about(query, f"Prometheus rejected the query ({text})", status=status,
-                                      error_type=error_type)
-        raise UnavailableError.about(query, f"{self._where} answered {text}", status=status,
-                                     error_type=error_type)
+            raise BadQueryError.about(
+                query, f"Prometheus rejected the query ({text})", status=status, error_type=error_type
+            )
+        raise UnavailableError.about(
+            query, f"{self._where} answered {text}", status=status, error_type=error_type
+        )
 
     def _scrub(self, text: str) -> str:
         for secret in self._secrets:
@@ -231,8 +277,11 @@ class _Merger:
     def add(self, body: dict[str, Any]) -> None:
         data = body["data"]
         if data.get("resultType") != "matrix":
-            raise QueryError.about(self.query, f"range query returned resultType {data.get('resultType')!r}, "
-                                   "not 'matrix'; the query must be an instant-vector or scalar expression")
+            raise QueryError.about(
+                self.query,
+                f"range query returned resultType {data.get('resultType')!r}, "
+                "not 'matrix'; the query must be an instant-vector or scalar expression",
+            )
         self.warnings.update(dict.fromkeys(str(w) for w in body.get("warnings") or ()))
         try:
             rows, stamps, texts = self._split(data["result"])
@@ -300,8 +349,12 @@ class _Merger:
         if self.values.shape[0] != len(self.keys):
             self.values.resize((len(self.keys), self.n_t), refcheck=False)
         if self.off_grid:
-            log.warning("query %r: ignored %d point(s) off the %ds step grid", _shorten(self.query),
-                        self.off_grid, self.step)
+            log.warning(
+                "query %r: ignored %d point(s) off the %ds step grid",
+                _shorten(self.query),
+                self.off_grid,
+                self.step,
+            )
         timestamps = self.first + self.step * np.arange(self.n_t, dtype=np.int64)
         return RangeResult(self.keys, timestamps, self.values, self.dropped, tuple(self.warnings))
 

@@ -28,7 +28,7 @@ class _QuietHandler(WSGIRequestHandler):
 
 
 class WebApp:
-    """WSGI app. `reload` returns None on success or the error text; it is only reachable with lifecycle on."""
+    """WSGI app. `reload` returns None on success or the error text; reachable only with lifecycle on."""
 
     def __init__(
         self,
@@ -61,13 +61,18 @@ class WebApp:
         health = self._store.health()
         waiting = sorted(name for name, h in health.items() if not h.ready)
         if waiting:
-            return _text(start_response, "503 Service Unavailable", "Not ready; waiting for first fit of: "
-                         + ", ".join(waiting) + "\n")
+            return _text(
+                start_response,
+                "503 Service Unavailable",
+                "Not ready; waiting for first fit of: " + ", ".join(waiting) + "\n",
+            )
         return _text(start_response, "200 OK", "Ready.\n")
 
     def _do_reload(self, method: str, start_response: StartResponse) -> Iterable[bytes]:
         if not self._lifecycle or self._reload is None:
-            return _text(start_response, "403 Forbidden", "Lifecycle API is not enabled (--web.enable-lifecycle).\n")
+            return _text(
+                start_response, "403 Forbidden", "Lifecycle API is not enabled (--web.enable-lifecycle).\n"
+            )
         if method not in ("POST", "PUT"):
             return _text(start_response, "405 Method Not Allowed", "Only POST or PUT requests allowed.\n")
         error = self._reload()
@@ -82,28 +87,41 @@ class WebApp:
             status = "up" if h.up else ("starting" if not h.ready else "down")
             last_fit = f"{now - h.last_fit:.0f}s ago" if h.last_fit else "never"
             rows.append(
-                "<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in (
-                    name, status, h.series, h.dropped, last_fit, h.last_error or ""
-                )) + "</tr>"
+                "<tr>"
+                + "".join(
+                    f"<td>{html.escape(str(c))}</td>"
+                    for c in (name, status, h.series, h.dropped, last_fit, h.last_error or "")
+                )
+                + "</tr>"
             )
         reload = self._store.reload_status()
-        reload_note = "" if reload.successful else f"<p><b>Last reload failed:</b> {html.escape(reload.last_error or '')}</p>"
+        reload_note = (
+            ""
+            if reload.successful
+            else f"<p><b>Last reload failed:</b> {html.escape(reload.last_error or '')}</p>"
+        )
         body = f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>Anomaly Exporter</title>
 <style>body{{font-family:sans-serif;margin:2em}}td,th{{padding:.2em .8em;text-align:left}}</style></head>
 <body><h1>Prometheus Anomaly Exporter</h1><p>Version {html.escape(__version__)}.
-<a href="/metrics">Metrics</a> · <a href="/-/ready">Ready</a> · <a href="/-/healthy">Healthy</a></p>{reload_note}
-<table><tr><th>Rule</th><th>Status</th><th>Series</th><th>Dropped</th><th>Last fit</th><th>Last error</th></tr>
+<a href="/metrics">Metrics</a> · <a href="/-/ready">Ready</a> · <a href="/-/healthy">Healthy</a></p>
+{reload_note}
+<table><tr><th>Rule</th><th>Status</th><th>Series</th><th>Dropped</th><th>Last fit</th>
+<th>Last error</th></tr>
 {"".join(rows)}</table></body></html>
 """
         data = body.encode()
-        start_response("200 OK", [("Content-Type", "text/html; charset=utf-8"), ("Content-Length", str(len(data)))])
+        start_response(
+            "200 OK", [("Content-Type", "text/html; charset=utf-8"), ("Content-Length", str(len(data)))]
+        )
         return [data]
 
 
 def _text(start_response: StartResponse, status: str, text: str) -> Iterable[bytes]:
     data = text.encode()
-    start_response(status, [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(data)))])
+    start_response(
+        status, [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(data)))]
+    )
     return [data]
 
 
@@ -111,7 +129,9 @@ class WebServer:
     """Serves a WebApp on a background thread. Port 0 picks a free port (see `.port`)."""
 
     def __init__(self, app: WebApp, host: str, port: int) -> None:
-        self._httpd = make_server(host, port, app, server_class=_ThreadingWSGIServer, handler_class=_QuietHandler)
+        self._httpd = make_server(
+            host, port, app, server_class=_ThreadingWSGIServer, handler_class=_QuietHandler
+        )
         self._thread = threading.Thread(target=self._httpd.serve_forever, name="web", daemon=True)
 
     @property

@@ -1,4 +1,4 @@
-"""Latest results and health per rule. Writers swap whole immutable objects; readers (scrapes) copy references.
+"""Latest results and health per rule. Writers swap whole immutable objects; scrapes copy references.
 
 No I/O and no model work here: a scrape only reads what the scheduler's jobs last published.
 """
@@ -21,7 +21,9 @@ LabelPairs = tuple[tuple[str, str], ...]
 class RuleSnapshot:
     """The newest scored point of every series of one rule. NaN = unknown: the gauge is left out."""
 
-    labels: tuple[LabelPairs, ...]  # output labels per series: rule, extra labels, source labels (renamed on clash)
+    labels: tuple[
+        LabelPairs, ...
+    ]  # output labels per series: rule, extra labels, source labels (renamed on clash)
     score: np.ndarray
     expected: np.ndarray
     lower: np.ndarray

@@ -85,8 +85,17 @@ def test_awkward_label_values_are_escaped():
     store, registry = setup()
     snap = snapshot(["x"])
     weird = 'quote " backslash \\ newline \n unicode ☃'
-    store.publish("r", RuleSnapshot(labels=((("pod", weird), ("rule", "r")),), score=snap.score,
-                                    expected=snap.expected, lower=snap.lower, upper=snap.upper, timestamp=0))
+    store.publish(
+        "r",
+        RuleSnapshot(
+            labels=((("pod", weird), ("rule", "r")),),
+            score=snap.score,
+            expected=snap.expected,
+            lower=snap.lower,
+            upper=snap.upper,
+            timestamp=0,
+        ),
+    )
     assert registry.get_sample_value("anomaly_score", {"rule": "r", "pod": weird}) == 0.5
     text = generate_latest(registry).decode()
     assert 'pod="quote \\" backslash \\\\ newline \\n unicode ☃"' in text

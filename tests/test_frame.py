@@ -15,8 +15,9 @@ def result(keys, start, n_cols, step=60, fill=None):
         values = np.array([[float(k[1][1]) * 1000 + t / step for t in ts] for k in keys])
     else:
         values = np.full((len(keys), n_cols), fill, dtype=float)
-    return RangeResult(keys=list(keys), timestamps=ts, values=values.reshape(len(keys), n_cols), dropped=0,
-                       warnings=())
+    return RangeResult(
+        keys=list(keys), timestamps=ts, values=values.reshape(len(keys), n_cols), dropped=0, warnings=()
+    )
 
 
 def test_merge_builds_matrix_on_grid():

@@ -1,4 +1,4 @@
-"""A rule's loop end to end on the built-in demo source (no network): fetch, fit, score, publish, fail, recover."""
+"""A rule's loop on the built-in demo source (no network): fetch, fit, score, publish, fail, recover."""
 
 import numpy as np
 import pytest
@@ -43,7 +43,10 @@ def rule(**kw):
 
 def published(store, name):
     snap = store.snapshots()[name]
-    return {dict(labels)["instance"]: (s, e) for labels, s, e in zip(snap.labels, snap.score, snap.expected, strict=True)}
+    return {
+        dict(labels)["instance"]: (s, e)
+        for labels, s, e in zip(snap.labels, snap.score, snap.expected, strict=True)
+    }
 
 
 def test_fit_publishes_scores_and_flags_the_live_anomaly():
@@ -97,13 +100,18 @@ def test_prometheus_down_marks_rule_down_then_recovers():
     assert len(store.snapshots()["web"].labels) == 4
 
 
-def test_failed_first_fit_still_reports_ready_with_the_error():
+def test_failed_first_fit_reports_ready_with_the_error_and_retries_each_cycle():
     source = Recording(DemoSource(started_at=T0, clock=Clock(T0)))
     source.fail = UnavailableError("503 Service Unavailable")
     store = Store()
-    RuleRunner(rule(), source, store, clock=Clock(T0)).fit_job()
+    runner = RuleRunner(rule(), source, store, clock=Clock(T0))
+    runner.fit_job()
     h = store.health()["web"]
     assert h.ready and not h.up and "503" in h.last_error
+    source.fail = None  # Prometheus is back: the next scoring cycle fits, it doesn't wait for `retrain`
+    runner.score_job()
+    h = store.health()["web"]
+    assert h.up and h.last_fit is not None and len(store.snapshots()["web"].labels) == 4
 
 
 class ManySeries:
@@ -119,7 +127,9 @@ class ManySeries:
         kept = [k for k in keys if keep is None or keep(k)]
         self.max_rows = max(self.max_rows, len(kept) if keep else 0)
         values = np.ones((len(kept), len(ts))) + np.arange(len(ts)) % 3
-        return RangeResult(keys=kept, timestamps=ts, values=values, dropped=len(keys) - len(kept), warnings=())
+        return RangeResult(
+            keys=kept, timestamps=ts, values=values, dropped=len(keys) - len(kept), warnings=()
+        )
 
 
 def test_max_series_caps_history_and_the_choice_is_stable():
@@ -159,6 +169,8 @@ def test_stable_hash_is_stable():
 @pytest.mark.parametrize("bad", ["nonexistent_metric", "rate(x[5m]"])
 def test_bad_query_is_reported_on_the_rule(bad):
     store = Store()
-    RuleRunner(rule(name="bad", query=bad), DemoSource(started_at=T0, clock=Clock(T0)), store, clock=Clock(T0)).fit_job()
+    RuleRunner(
+        rule(name="bad", query=bad), DemoSource(started_at=T0, clock=Clock(T0)), store, clock=Clock(T0)
+    ).fit_job()
     h = store.health()["bad"]
     assert h.ready and not h.up and h.errors["query"] == 1

@@ -92,11 +92,19 @@ def sleeps() -> Sleeps:
     return Sleeps()
 
 
-def make(sleeps: Sleeps | None = None, rng: random.Random | None = None, points_per_request: int = 2_000_000,
-         **config: Any) -> PrometheusReader:
+def make(
+    sleeps: Sleeps | None = None,
+    rng: random.Random | None = None,
+    points_per_request: int = 2_000_000,
+    **config: Any,
+) -> PrometheusReader:
     cfg = PrometheusConfig(url=config.pop("url", URL), **config)
-    return PrometheusReader(cfg, sleep=sleeps if sleeps is not None else Sleeps(),
-                            rng=rng or random.Random(0), points_per_request=points_per_request)
+    return PrometheusReader(
+        cfg,
+        sleep=sleeps if sleeps is not None else Sleeps(),
+        rng=rng or random.Random(0),
+        points_per_request=points_per_request,
+    )
 
 
 def assert_vals(actual: np.ndarray, expected: list[float]) -> None:
@@ -110,8 +118,9 @@ def test_recorded_matrix_with_nan_inf_and_huge_values(rsps: responses.RequestsMo
     rsps.get(ENDPOINT, body=recorded("matrix"))
     result = make().query_range("demo_requests", T0, T0 + 600, 60)
 
-    assert result.keys == [key(__name__="demo_requests", instance=i, job="node") for i in ("a:9100", "b:9100",
-                                                                                            "c:9100")]
+    assert result.keys == [
+        key(__name__="demo_requests", instance=i, job="node") for i in ("a:9100", "b:9100", "c:9100")
+    ]
     assert result.timestamps.dtype == np.int64
     assert list(result.timestamps) == [T0 + 60 * k for k in range(11)]
     assert result.values.dtype == np.float64 and result.values.shape == (3, 11)
@@ -120,14 +129,25 @@ def test_recorded_matrix_with_nan_inf_and_huge_values(rsps: responses.RequestsMo
     assert_vals(result.values[1], [nan] * 7 + [27, 28, 29, 30])
     assert_vals(result.values[2], [100, 101, 102, nan, math.inf, -math.inf, 1e300, 107, 108, 109, 110])
     assert result.dropped == 0 and result.warnings == ()
-    assert params_of(rsps.calls[0].request) == {"query": "demo_requests", "start": str(T0),
-                                                "end": str(T0 + 600), "step": "60"}
+    assert params_of(rsps.calls[0].request) == {
+        "query": "demo_requests",
+        "start": str(T0),
+        "end": str(T0 + 600),
+        "step": "60",
+    }
 
 
 def test_recorded_chunks_merge_series_present_in_only_some(rsps: responses.RequestsMock) -> None:
     for name, start, end in (("matrix_chunk1", T0, T0 + 300), ("matrix_chunk2", T0 + 360, T0 + 600)):
-        rsps.get(ENDPOINT, body=recorded(name), match=[matchers.query_param_matcher(
-            {"query": "demo_requests", "start": str(start), "end": str(end), "step": "60"})])
+        rsps.get(
+            ENDPOINT,
+            body=recorded(name),
+            match=[
+                matchers.query_param_matcher(
+                    {"query": "demo_requests", "start": str(start), "end": str(end), "step": "60"}
+                )
+            ],
+        )
     # 3 series x 6 steps per request: the recorded chunk boundaries.
     chunked = make(points_per_request=18).query_range("demo_requests", T0, T0 + 600, 60, series_hint=3)
 
@@ -139,13 +159,17 @@ def test_recorded_chunks_merge_series_present_in_only_some(rsps: responses.Reque
     assert_vals(chunked.values[1, 6:], [1e300, 107, 108, 109, 110])
 
 
-@pytest.mark.parametrize(("fixture", "query", "expected_key"), [
-    # A scalar expression comes back as a matrix with one label-less series.
-    ("scalar", 'scalar(demo_requests{instance="a:9100"}) * 2', ()),
-    ("no_name", 'demo_requests{instance="b:9100"} * 2', key(instance="b:9100", job="node")),
-])
-def test_recorded_label_sets(rsps: responses.RequestsMock, fixture: str, query: str,
-                             expected_key: SeriesKey) -> None:
+@pytest.mark.parametrize(
+    ("fixture", "query", "expected_key"),
+    [
+        # A scalar expression comes back as a matrix with one label-less series.
+        ("scalar", 'scalar(demo_requests{instance="a:9100"}) * 2', ()),
+        ("no_name", 'demo_requests{instance="b:9100"} * 2', key(instance="b:9100", job="node")),
+    ],
+)
+def test_recorded_label_sets(
+    rsps: responses.RequestsMock, fixture: str, query: str, expected_key: SeriesKey
+) -> None:
     rsps.get(ENDPOINT, body=recorded(fixture))
     result = make().query_range(query, T0, T0 + 600, 60)
     assert result.keys == [expected_key]
@@ -158,14 +182,30 @@ def test_recorded_empty_result(rsps: responses.RequestsMock) -> None:
     assert result.dropped == 0
 
 
-@pytest.mark.parametrize(("fixture", "status", "error_type", "message"), [
-    ("bad_data_parse", 400, "bad_data", "1:18: parse error: unclosed left parenthesis"),
-    ("bad_data_range_vector", 400, "bad_data",
-     'invalid expression type "range vector" for range query, must be Scalar or instant Vector'),
-    ("bad_data_resolution", 400, "bad_data", "exceeded maximum resolution of 11,000 points per timeseries"),
-    ("execution_too_many_samples", 422, "execution",
-     "query processing would load too many samples into memory in query execution"),
-])
+@pytest.mark.parametrize(
+    ("fixture", "status", "error_type", "message"),
+    [
+        ("bad_data_parse", 400, "bad_data", "1:18: parse error: unclosed left parenthesis"),
+        (
+            "bad_data_range_vector",
+            400,
+            "bad_data",
+            'invalid expression type "range vector" for range query, must be Scalar or instant Vector',
+        ),
+        (
+            "bad_data_resolution",
+            400,
+            "bad_data",
+            "exceeded maximum resolution of 11,000 points per timeseries",
+        ),
+        (
+            "execution_too_many_samples",
+            422,
+            "execution",
+            "query processing would load too many samples into memory in query execution",
+        ),
+    ],
+)
 def test_recorded_rejections_are_bad_queries_and_not_retried(
     rsps: responses.RequestsMock, sleeps: Sleeps, fixture: str, status: int, error_type: str, message: str
 ) -> None:
@@ -178,8 +218,9 @@ def test_recorded_rejections_are_bad_queries_and_not_retried(
     assert len(rsps.calls) == 1 and sleeps == []
 
 
-def test_recorded_timeout_503_is_retried_then_unavailable(rsps: responses.RequestsMock,
-                                                           sleeps: Sleeps) -> None:
+def test_recorded_timeout_503_is_retried_then_unavailable(
+    rsps: responses.RequestsMock, sleeps: Sleeps
+) -> None:
     rsps.get(ENDPOINT, body=recorded("timeout"), status=503)
     with pytest.raises(UnavailableError) as info:
         make(sleeps, max_retries=2).query_range("demo_requests", T0, T0 + 600, 60)
@@ -196,23 +237,36 @@ def test_grid_floors_start_and_end_to_multiples_of_step(rsps: responses.Requests
     result = make().query_range("up", T0 - 1.5, T0 + 179.9, 60)
     assert list(result.timestamps) == [T0 - 60, T0, T0 + 60, T0 + 120]
     assert_vals(result.values[0], [1, math.nan, math.nan, 4])
-    assert params_of(rsps.calls[0].request) == {"query": "up", "start": str(T0 - 60), "end": str(T0 + 120),
-                                                "step": "60"}
+    assert params_of(rsps.calls[0].request) == {
+        "query": "up",
+        "start": str(T0 - 60),
+        "end": str(T0 + 120),
+        "step": "60",
+    }
 
 
-@pytest.mark.parametrize(("start", "end", "step"), [
-    (T0, T0 + 60, 0.5), (T0, T0 + 60, 1.5), (T0, T0 + 60, 0), (T0, T0 + 60, math.nan),
-    (T0 + 60, T0, 60), (math.inf, T0, 60),
-])
-def test_invalid_step_or_range_is_a_value_error(rsps: responses.RequestsMock, start: float, end: float,
-                                                step: float) -> None:
+@pytest.mark.parametrize(
+    ("start", "end", "step"),
+    [
+        (T0, T0 + 60, 0.5),
+        (T0, T0 + 60, 1.5),
+        (T0, T0 + 60, 0),
+        (T0, T0 + 60, math.nan),
+        (T0 + 60, T0, 60),
+        (math.inf, T0, 60),
+    ],
+)
+def test_invalid_step_or_range_is_a_value_error(
+    rsps: responses.RequestsMock, start: float, end: float, step: float
+) -> None:
     with pytest.raises(ValueError):
         make().query_range("up", start, end, step)
     assert len(rsps.calls) == 0
 
 
-def serve_generated(rsps: responses.RequestsMock,
-                    series: dict[str, Callable[[int], bool]]) -> list[tuple[int, int]]:
+def serve_generated(
+    rsps: responses.RequestsMock, series: dict[str, Callable[[int], bool]]
+) -> list[tuple[int, int]]:
     """Answer any chunk: series `name` is t/60 at each grid time t where `present(t)`. Returns the chunks."""
     chunks: list[tuple[int, int]] = []
 
@@ -244,13 +298,16 @@ def test_long_ranges_are_split_into_contiguous_chunks_of_at_most_10000_points(
     n_t = 25_001
     end = T0 + (n_t - 1) * 60
     cut1, cut2 = T0 + 9_000 * 60, T0 + 21_000 * 60
-    chunks = serve_generated(rsps, {
-        "always": lambda t: True,
-        "early": lambda t: t < cut1,  # only in the first chunk
-        "late": lambda t: t >= cut2,  # only in the last chunk
-        "gap": lambda t: not cut1 <= t < cut2,  # absent from the middle chunk
-        "never": lambda t: False,
-    })
+    chunks = serve_generated(
+        rsps,
+        {
+            "always": lambda t: True,
+            "early": lambda t: t < cut1,  # only in the first chunk
+            "late": lambda t: t >= cut2,  # only in the last chunk
+            "gap": lambda t: not cut1 <= t < cut2,  # absent from the middle chunk
+            "never": lambda t: False,
+        },
+    )
     result = make().query_range("m", T0, end, 60)
 
     assert [(e - s) // 60 + 1 for s, e in chunks] == [MAX_POINTS_PER_SERIES, MAX_POINTS_PER_SERIES, 5_001]
@@ -324,19 +381,25 @@ def test_keep_caps_a_50000_series_response_to_1000_rows(rsps: responses.Requests
 
 def test_duplicate_series_in_one_response_last_point_wins(rsps: responses.RequestsMock) -> None:
     same = {"__name__": "up", "job": "a"}
-    rsps.get(ENDPOINT, json=matrix([
-        (same, [(T0, "1"), (T0 + 60, "2")]),
-        ({"job": "b"}, [(T0, "9")]),
-        (same, [(T0 + 60, "3"), (T0 + 120, "4")]),
-    ]))
+    rsps.get(
+        ENDPOINT,
+        json=matrix(
+            [
+                (same, [(T0, "1"), (T0 + 60, "2")]),
+                ({"job": "b"}, [(T0, "9")]),
+                (same, [(T0 + 60, "3"), (T0 + 120, "4")]),
+            ]
+        ),
+    )
     result = make().query_range("up", T0, T0 + 120, 60)
     assert result.keys == [key(__name__="up", job="a"), key(job="b")]
     assert_vals(result.values[0], [1, 3, 4])
     assert_vals(result.values[1], [9, math.nan, math.nan])
 
 
-def test_points_off_the_grid_are_ignored(rsps: responses.RequestsMock,
-                                         caplog: pytest.LogCaptureFixture) -> None:
+def test_points_off_the_grid_are_ignored(
+    rsps: responses.RequestsMock, caplog: pytest.LogCaptureFixture
+) -> None:
     points = [(T0, "1"), (T0 + 30, "7"), (T0 + 60, "2"), (T0 + 600, "5")]
     rsps.get(ENDPOINT, json=matrix([({"job": "a"}, points)]))
     result = make().query_range("up", T0, T0 + 60, 60)
@@ -346,8 +409,10 @@ def test_points_off_the_grid_are_ignored(rsps: responses.RequestsMock,
 
 def test_warnings_are_collected_across_chunks_without_duplicates(rsps: responses.RequestsMock) -> None:
     rsps.get(ENDPOINT, json=matrix([({"a": "1"}, [(T0, "1")])], warnings=["partial response: store down"]))
-    rsps.get(ENDPOINT, json=matrix([({"a": "1"}, [(T0 + 60, "2")])],
-                                   warnings=["partial response: store down", "other"]))
+    rsps.get(
+        ENDPOINT,
+        json=matrix([({"a": "1"}, [(T0 + 60, "2")])], warnings=["partial response: store down", "other"]),
+    )
     result = make(points_per_request=1).query_range("up", T0, T0 + 60, 60)
     assert result.warnings == ("partial response: store down", "other")
     assert_vals(result.values[0], [1, 2])
@@ -369,8 +434,10 @@ def test_non_matrix_result_type_is_a_query_error(rsps: responses.RequestsMock, s
 
 
 def test_unexpected_series_shape_is_unavailable(rsps: responses.RequestsMock) -> None:
-    rsps.get(ENDPOINT, json={"status": "success", "data": {"resultType": "matrix",
-                                                           "result": [{"values": [[T0, "1"]]}]}})
+    rsps.get(
+        ENDPOINT,
+        json={"status": "success", "data": {"resultType": "matrix", "result": [{"values": [[T0, "1"]]}]}},
+    )
     with pytest.raises(UnavailableError, match="unexpected response shape"):
         make().query_range("up", T0, T0 + 60, 60)
 
@@ -386,8 +453,9 @@ def test_503_then_200_is_retried_with_jittered_backoff(rsps: responses.RequestsM
     assert sleeps == [random.Random(42).uniform(0, 0.5)]
 
 
-def test_backoff_doubles_from_half_a_second_and_is_capped_at_10s(rsps: responses.RequestsMock,
-                                                                   sleeps: Sleeps) -> None:
+def test_backoff_doubles_from_half_a_second_and_is_capped_at_10s(
+    rsps: responses.RequestsMock, sleeps: Sleeps
+) -> None:
     rsps.get(ENDPOINT, body="<html>bad gateway</html>", status=502)
     with pytest.raises(UnavailableError, match="after 7 attempt"):
         make(sleeps, rng=UpperBound(), max_retries=6).query_range("up", T0, T0 + 60, 60)
@@ -411,14 +479,24 @@ def test_timeouts_are_retried_and_timeout_is_passed(rsps: responses.RequestsMock
     assert sent_kwargs(rsps.calls[1])["timeout"] == 12.5
 
 
-@pytest.mark.parametrize(("status", "retry_after", "expected"), [
-    (429, "7", 7.0), (429, "120", 30.0), (503, "2.5", 2.5),
-    (429, "Wed, 21 Oct 2015 07:28:00 GMT", None),  # HTTP-date: ignored, the jittered backoff applies
-])
-def test_retry_after_is_honoured_and_capped(rsps: responses.RequestsMock, sleeps: Sleeps, status: int,
-                                            retry_after: str, expected: float | None) -> None:
-    rsps.get(ENDPOINT, json={"status": "error", "errorType": "too_many_requests", "error": "slow down"},
-             status=status, headers={"Retry-After": retry_after})
+@pytest.mark.parametrize(
+    ("status", "retry_after", "expected"),
+    [
+        (429, "7", 7.0),
+        (429, "120", 30.0),
+        (503, "2.5", 2.5),
+        (429, "Wed, 21 Oct 2015 07:28:00 GMT", None),  # HTTP-date: ignored, the jittered backoff applies
+    ],
+)
+def test_retry_after_is_honoured_and_capped(
+    rsps: responses.RequestsMock, sleeps: Sleeps, status: int, retry_after: str, expected: float | None
+) -> None:
+    rsps.get(
+        ENDPOINT,
+        json={"status": "error", "errorType": "too_many_requests", "error": "slow down"},
+        status=status,
+        headers={"Retry-After": retry_after},
+    )
     rsps.get(ENDPOINT, json=matrix([]))
     make(sleeps, rng=UpperBound()).query_range("up", T0, T0 + 60, 60)
     assert sleeps == [expected if expected is not None else 0.5]
@@ -432,8 +510,9 @@ def test_malformed_json_is_unavailable_after_retries(rsps: responses.RequestsMoc
 
 
 @pytest.mark.parametrize("status", [401, 403, 404])
-def test_other_client_errors_are_not_retried(rsps: responses.RequestsMock, sleeps: Sleeps,
-                                             status: int) -> None:
+def test_other_client_errors_are_not_retried(
+    rsps: responses.RequestsMock, sleeps: Sleeps, status: int
+) -> None:
     rsps.get(ENDPOINT, body="404 page not found\n", status=status)
     with pytest.raises(UnavailableError, match=f"answered HTTP {status}") as info:
         make(sleeps).query_range("up", T0, T0 + 60, 60)
@@ -464,8 +543,9 @@ def test_bearer_token_and_basic_auth_together_are_rejected() -> None:
         make(bearer_token=Secret(TOKEN), basic_auth=BasicAuth("alice", Secret("pw")))
 
 
-def test_secrets_never_appear_in_errors_or_logs(rsps: responses.RequestsMock,
-                                                caplog: pytest.LogCaptureFixture) -> None:
+def test_secrets_never_appear_in_errors_or_logs(
+    rsps: responses.RequestsMock, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.DEBUG)
     # A misbehaving proxy that echoes the request headers back, and a library error that quotes them.
     rsps.get(ENDPOINT, body=f"upstream failed; request had Authorization: Bearer {TOKEN}", status=502)
@@ -517,7 +597,8 @@ def test_tls_settings_are_passed_and_insecure_is_warned_once(
         monkeypatch.delenv(var, raising=False)
     rsps.get(ENDPOINT, json=matrix([]))
     make(tls=TLSConfig(ca_file="/etc/ca.pem", cert_file="/etc/c.pem", key_file="/etc/k.pem")).query_range(
-        "up", T0, T0, 60)
+        "up", T0, T0, 60
+    )
     assert sent_kwargs(rsps.calls[0])["verify"] == "/etc/ca.pem"
     assert sent_kwargs(rsps.calls[0])["cert"] == ("/etc/c.pem", "/etc/k.pem")
     make().query_range("up", T0, T0, 60)

@@ -24,14 +24,14 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class Prediction:
-    """Per series (rows) and predicted column: expected value and scale. NaN in either = unknown (not scored)."""
+    """Per series (rows) and predicted column: expected value and scale. NaN in either = unknown."""
 
     expected: np.ndarray
     scale: np.ndarray
 
 
 class Detector(ABC):
-    """Base class: fitted state is keyed by series, so windows may list series in any order or add new ones."""
+    """Base class: fitted state is keyed by series, so a window may order series freely or add new ones."""
 
     keys_: dict[SeriesKey, int]
 

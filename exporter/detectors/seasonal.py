@@ -56,8 +56,8 @@ class SeasonalBaseline(Detector):
         step = window.step or 1
         n, n_t = window.values.shape
         self.step_ = step
-        self.bucket_ = max(step, int(round(self.bucket / step)) * step)
-        self.level_cols_ = max(1, int(round(self.level_window / step)))
+        self.bucket_ = max(step, round(self.bucket / step) * step)
+        self.level_cols_ = max(1, round(self.level_window / step))
         candidates = self._candidates(n_t * step)
         self.slot_period_ = max(candidates) or self.bucket_  # profile storage covers the longest period
         n_slots = self.slot_period_ // self.bucket_
@@ -132,7 +132,7 @@ class SeasonalBaseline(Detector):
         return np.where(valid >= 2, prof, overall[:, None])
 
     def _block_level(self, deseason: np.ndarray) -> np.ndarray:
-        """Median of each block of `level_cols_` columns, broadcast back: the level the residual is taken from."""
+        """Median of each block of `level_cols_` columns, broadcast back: the level residuals start from."""
         n, n_t = deseason.shape
         w = min(self.level_cols_, n_t)
         head = n_t % w
@@ -169,4 +169,3 @@ class SeasonalBaseline(Detector):
         expected[~known] = np.nan
         scale[~known] = np.nan
         return Prediction(expected=expected, scale=scale)
-

@@ -1,0 +1,408 @@
+"""The rules.yaml format as data: one field table per section drives both the Checker and json_schema()."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from itertools import combinations
+from types import MappingProxyType
+from typing import Any, Literal
+
+# What a value is; the Checker (exporter.config_check) and json_schema() each handle every kind once.
+Kind = Literal[
+    "string",  # plain text, optional `pattern` (full match)
+    "enum",  # one of `choices`
+    "number",  # int or float (not bool)
+    "integer",  # int (not bool)
+    "boolean",
+    "duration",  # Prometheus duration string -> float seconds
+    "url",  # http(s) base URL; trailing slash stripped
+    "urls",  # non-empty list of base URLs
+    "secret",  # text kept in a Secret, never echoed
+    "secret_file",  # path of a file whose stripped contents become a Secret
+    "secret_url",  # http(s) endpoint URL kept verbatim in a Secret (Slack/webhook URLs carry tokens)
+    "secret_url_file",  # path of a file holding such a URL
+    "path",  # path of a file that must exist (resolved against the config file's directory)
+    "string_map",  # mapping of string -> string, keys matching `pattern` if given
+    "labels",  # Prometheus label names -> string values
+    "names",  # list of names (unique)
+    "section",  # nested mapping described by `section`
+    "section_list",  # list of such mappings
+    "section_map",  # name -> such mapping
+]
+
+NAME_PATTERN = r"[a-zA-Z_][a-zA-Z0-9_:-]*"
+LABEL_NAME_PATTERN = r"[a-zA-Z_][a-zA-Z0-9_]*"
+HEADER_NAME_PATTERN = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
+DURATION_PATTERN = r"(?:[0-9]+(?:ms|y|w|d|h|m|s))+"
+URL_PATTERN = r"https?://[^\s/?#]+\S*"
+ENV_REFERENCE_PATTERN = r"\$\{[A-Za-z_][A-Za-z0-9_]*\}"
+
+
+@dataclass(frozen=True)
+class Field:
+    """One key of a section. `default` is written as in the file (e.g. "1m"); None means no default."""
+
+    name: str
+    kind: Kind
+    description: str
+    default: Any = None
+    required: bool = False
+    choices: tuple[str, ...] = ()
+    minimum: float | None = None
+    exclusive_minimum: float | None = None
+    pattern: str | None = None
+    non_empty: bool = False
+    section: Section | None = None
+
+
+@dataclass(frozen=True)
+class Variant:
+    """Keys a section needs (exactly one of `exactly_one`) or must not have when its `type` is `type`."""
+
+    type: str
+    exactly_one: tuple[str, ...]
+    forbidden: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Section:
+    """A mapping with a fixed set of keys, plus the few rules that involve more than one key."""
+
+    name: str
+    description: str
+    fields: tuple[Field, ...]
+    at_most_one: tuple[tuple[str, ...], ...] = ()
+    exactly_one: tuple[tuple[str, ...], ...] = ()
+    together: tuple[tuple[str, ...], ...] = ()
+    variants: tuple[Variant, ...] = ()  # selected by the value of the `type` key
+
+    def get(self, name: str) -> Field | None:
+        return next((f for f in self.fields if f.name == name), None)
+
+
+# --- the format -------------------------------------------------------------------------------------------
+
+TLS = Section(
+    "tls",
+    "TLS settings for the HTTP client. Certificates are verified unless turned off.",
+    (
+        Field("ca_file", "path", "CA bundle used to verify the server certificate (PEM)."),
+        Field("cert_file", "path", "Client certificate for mutual TLS (PEM); needs key_file."),
+        Field("key_file", "path", "Private key of the client certificate (PEM); needs cert_file."),
+        Field(
+            "insecure_skip_verify",
+            "boolean",
+            "Do not verify the server certificate. Only for testing.",
+            default=False,
+        ),
+    ),
+    together=(("cert_file", "key_file"),),
+)
+
+BASIC_AUTH = Section(
+    "basic_auth",
+    "HTTP basic authentication.",
+    (
+        Field("username", "string", "User name.", required=True),
+        Field("password", "secret", "Password; use ${ENV_VAR} rather than writing it here."),
+        Field(
+            "password_file", "secret_file", "File holding the password (surrounding whitespace is ignored)."
+        ),
+    ),
+    exactly_one=(("password", "password_file"),),
+)
+
+_HTTP_CLIENT = (
+    Field("tls", "section", "TLS settings.", section=TLS),
+    Field("bearer_token", "secret", "Bearer token sent as `Authorization: Bearer ...`; use ${ENV_VAR}."),
+    Field("bearer_token_file", "secret_file", "File holding the bearer token, read at load."),
+    Field("basic_auth", "section", "HTTP basic authentication.", section=BASIC_AUTH),
+)
+_ONE_AUTH = (("bearer_token", "bearer_token_file", "basic_auth"),)
+
+PROMETHEUS = Section(
+    "prometheus",
+    "The Prometheus-compatible query API that rules are evaluated against.",
+    (
+        Field("url", "url", "Base URL of the query API, e.g. http://prometheus:9090.", required=True),
+        Field("timeout", "duration", "Timeout of one HTTP request.", default="30s", exclusive_minimum=0),
+        Field(
+            "headers",
+            "string_map",
+            "Extra HTTP headers, e.g. X-Scope-OrgID for multi-tenant backends.",
+            pattern=HEADER_NAME_PATTERN,
+        ),
+        *_HTTP_CLIENT,
+        Field(
+            "max_retries",
+            "integer",
+            "Retries on connection errors and 5xx responses (exponential backoff).",
+            default=3,
+            minimum=0,
+        ),
+    ),
+    at_most_one=_ONE_AUTH,
+)
+
+MODEL = Section(
+    "model",
+    "Detector settings; merged key by key with defaults.model.",
+    (
+        Field("type", "enum", "Detector.", default="seasonal", choices=("seasonal",)),
+        Field(
+            "seasonality",
+            "enum",
+            "Seasonal period; auto picks daily or weekly from the data.",
+            default="auto",
+            choices=("auto", "none", "daily", "weekly"),
+        ),
+        Field(
+            "level_window",
+            "duration",
+            "Recent data used to follow level changes; at most history.",
+            default="1h",
+            exclusive_minimum=0,
+        ),
+        Field(
+            "min_history",
+            "duration",
+            "Data a series needs before it is scored (warm-up); at most history.",
+            default="1h",
+            minimum=0,
+        ),
+    ),
+)
+
+RULE_SETTINGS = (
+    Field("interval", "duration", "Time between scoring cycles.", default="1m", exclusive_minimum=0),
+    Field(
+        "retrain",
+        "duration",
+        "Time between model refits; at least interval.",
+        default="1h",
+        exclusive_minimum=0,
+    ),
+    Field(
+        "history",
+        "duration",
+        "History kept in memory and fitted on; at least 10 × step.",
+        default="7d",
+        exclusive_minimum=0,
+    ),
+    Field("step", "duration", "Resolution of the range queries.", default="1m", exclusive_minimum=0),
+    Field(
+        "threshold",
+        "number",
+        "Deviation from the expected value, in robust standard deviations, at which anomaly_score reaches 1.",
+        default=4,
+        exclusive_minimum=0,
+    ),
+    Field(
+        "direction",
+        "enum",
+        "Which deviations count: up, down or both.",
+        default="both",
+        choices=("up", "down", "both"),
+    ),
+    Field(
+        "min_abs_deviation",
+        "number",
+        "Deviations smaller than this (absolute) never reach score 1.",
+        default=0,
+        minimum=0,
+    ),
+    Field(
+        "min_rel_deviation",
+        "number",
+        "Same as min_abs_deviation, as a fraction of |expected|.",
+        default=0,
+        minimum=0,
+    ),
+    Field(
+        "max_series",
+        "integer",
+        "Series beyond this many are dropped, with a warning and a metric.",
+        default=1000,
+        minimum=1,
+    ),
+    Field("labels", "labels", "Extra labels on every exported series; merged key by key with defaults."),
+    Field("model", "section", "Detector settings.", section=MODEL),
+    Field("receivers", "names", "Names of receivers (top-level `receivers`) notified about anomalies."),
+)
+
+DEFAULTS = Section("defaults", "Settings for every rule that does not set them itself.", RULE_SETTINGS)
+
+RULE = Section(
+    "rule",
+    "One anomaly rule: a PromQL query and the settings for every series it returns.",
+    (
+        Field(
+            "name",
+            "string",
+            "Rule name, unique; exported as the `rule` label.",
+            required=True,
+            pattern=NAME_PATTERN,
+        ),
+        Field(
+            "query", "string", "PromQL expression evaluated as a range query.", required=True, non_empty=True
+        ),
+        *RULE_SETTINGS,
+    ),
+)
+
+RECEIVER = Section(
+    "receiver",
+    "A notification target.",
+    (
+        Field(
+            "type", "enum", "Kind of receiver.", required=True, choices=("alertmanager", "slack", "webhook")
+        ),
+        Field("urls", "urls", "Alertmanager base URLs (alerts go to every one)."),
+        Field("url", "secret_url", "Slack or webhook URL; use ${ENV_VAR}, it usually contains a token."),
+        Field("url_file", "secret_url_file", "File holding the Slack or webhook URL."),
+        Field("timeout", "duration", "Timeout of one HTTP request.", default="10s", exclusive_minimum=0),
+        *_HTTP_CLIENT,
+    ),
+    at_most_one=_ONE_AUTH,
+    variants=(
+        Variant("alertmanager", ("urls",), ("url", "url_file")),
+        Variant("slack", ("url", "url_file"), ("urls",)),
+        Variant("webhook", ("url", "url_file"), ("urls",)),
+    ),
+)
+
+CONFIG = Section(
+    "config",
+    "prometheus-anomaly-exporter rules file.",
+    (
+        Field("prometheus", "section", "Where to run the queries.", required=True, section=PROMETHEUS),
+        Field("defaults", "section", "Settings shared by all rules.", section=DEFAULTS),
+        Field("rules", "section_list", "Anomaly rules.", required=True, non_empty=True, section=RULE),
+        Field(
+            "receivers",
+            "section_map",
+            "Notification targets by name.",
+            pattern=NAME_PATTERN,
+            section=RECEIVER,
+        ),
+    ),
+)
+
+
+# --- JSON Schema --------------------------------------------------------------------------------------------
+
+# Collections default to empty (built fresh each time, so nothing mutable is shared).
+_EMPTY_DEFAULTS = MappingProxyType({"string_map": dict, "labels": dict, "names": list, "section_map": dict})
+
+
+def _text(pattern: str | None = None) -> dict[str, Any]:
+    """A string schema; a patterned string may also hold a ${VAR} reference, expanded at load."""
+    if pattern is None:
+        return {"type": "string"}
+    return {"type": "string", "pattern": f"^(?:{pattern})$|{ENV_REFERENCE_PATTERN}"}
+
+
+def _key_schema(f: Field) -> dict[str, Any]:
+    if f.kind == "labels":
+        return {"pattern": f"^{LABEL_NAME_PATTERN}$", "not": {"pattern": "^__"}}
+    return {"pattern": f"^(?:{f.pattern})$"} if f.pattern else {}
+
+
+def _value_schema(f: Field, defs: dict[str, Any]) -> dict[str, Any]:
+    match f.kind:
+        case "string":
+            out = _text(f.pattern)
+            return {**out, "minLength": 1} if f.non_empty else out
+        case "enum":
+            return {"type": "string", "enum": list(f.choices)}
+        case "number" | "integer":
+            out = {"type": f.kind}
+            if f.minimum is not None:
+                out["minimum"] = f.minimum
+            if f.exclusive_minimum is not None:
+                out["exclusiveMinimum"] = f.exclusive_minimum
+            return out
+        case "boolean":
+            return {"type": "boolean"}
+        case "duration":
+            return _text(DURATION_PATTERN)
+        case "url" | "secret_url":
+            return _text(URL_PATTERN)
+        case "urls":
+            return {"type": "array", "items": _text(URL_PATTERN), "minItems": 1}
+        case "secret" | "secret_file" | "secret_url_file" | "path":
+            return {"type": "string", "minLength": 1}
+        case "string_map" | "labels":
+            strings = {"type": "string"}
+            return {"type": "object", "propertyNames": _key_schema(f), "additionalProperties": strings}
+        case "names":
+            return {"type": "array", "items": {"type": "string"}, "uniqueItems": True}
+        case "section" | "section_list" | "section_map":
+            assert f.section is not None
+            ref = {"$ref": f"#/$defs/{_define(f.section, defs)}"}
+            if f.kind == "section":
+                return ref
+            if f.kind == "section_list":
+                return {"type": "array", "items": ref, **({"minItems": 1} if f.non_empty else {})}
+            return {"type": "object", "propertyNames": _key_schema(f), "additionalProperties": ref}
+    raise AssertionError(f"unhandled kind {f.kind}")
+
+
+def _required(names: tuple[str, ...]) -> dict[str, Any]:
+    if len(names) == 1:
+        return {"required": list(names)}
+    return {"oneOf": [{"required": [n]} for n in names]}
+
+
+def _section_schema(section: Section, defs: dict[str, Any]) -> dict[str, Any]:
+    properties = {}
+    for f in section.fields:
+        prop = {"description": f.description, **_value_schema(f, defs)}
+        default = f.default if f.default is not None else _EMPTY_DEFAULTS.get(f.kind)
+        if default is not None:
+            prop["default"] = default() if callable(default) else default
+        properties[f.name] = prop
+    out: dict[str, Any] = {
+        "type": "object",
+        "description": section.description,
+        "properties": properties,
+        "additionalProperties": False,
+    }
+    required = [f.name for f in section.fields if f.required]
+    if required:
+        out["required"] = required
+    rules: list[dict[str, Any]] = []
+    for group in section.at_most_one:
+        rules.append({"not": {"anyOf": [{"required": list(pair)} for pair in combinations(group, 2)]}})
+    rules.extend(_required(group) for group in section.exactly_one)
+    for v in section.variants:
+        then = _required(v.exactly_one)
+        if v.forbidden:
+            then["not"] = {"anyOf": [{"required": [n]} for n in v.forbidden]}
+        rules.append({"if": {"properties": {"type": {"const": v.type}}, "required": ["type"]}, "then": then})
+    if rules:
+        out["allOf"] = rules
+    if section.together:
+        out["dependentRequired"] = {
+            n: [m for m in group if m != n] for group in section.together for n in group
+        }
+    return out
+
+
+def _define(section: Section, defs: dict[str, Any]) -> str:
+    if section.name not in defs:
+        defs[section.name] = {}  # reserve first: sections may be shared
+        defs[section.name] = _section_schema(section, defs)
+    return section.name
+
+
+def json_schema() -> dict[str, Any]:
+    """JSON Schema (draft 2020-12) of rules.yaml for editors and CI, from the tables the Checker uses."""
+    defs: dict[str, Any] = {}
+    top = _section_schema(CONFIG, defs)
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": "prometheus-anomaly-exporter configuration",
+        **top,
+        "$defs": dict(sorted(defs.items())),
+    }
