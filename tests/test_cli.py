@@ -56,7 +56,8 @@ def test_run_refuses_a_broken_file_with_a_non_zero_exit(tmp_path):
 
 
 def test_version():
-    proc = subprocess.run([sys.executable, "-m", "exporter", "--version"], capture_output=True, text=True, cwd=ROOT)
+    cmd = [sys.executable, "-m", "exporter", "--version"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 0 and proc.stdout.startswith("anomaly-exporter ")
 
 
