@@ -1,4 +1,4 @@
-"""Reloading rules in a running exporter: SIGHUP and POST /-/reload; a broken file never replaces good rules."""
+"""Reloading rules in a running exporter (SIGHUP, POST /-/reload): a broken file never replaces good rules."""
 
 import os
 import signal
