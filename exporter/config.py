@@ -267,6 +267,11 @@ def _check_rule(checker: Checker, s: _Settings) -> None:
                 f"{name} must {how} ({name} {format_duration(value)}, {other_name} {format_duration(limit)})",
             )
 
+    step, step_path = s["step"]
+    if not isinstance(step, Invalid) and (step < 1 or step != int(step)):
+        # the query grid is whole seconds (Prometheus returns points at start + k*step)
+        where = step_path or "defaults.step"
+        checker.error(where, f"must be a whole number of seconds, at least 1s (got {format_duration(step)})")
     at_least("history", "step", 10, "be at least 10 × step")
     at_least("retrain", "interval", 1, "be at least interval")
     at_least("model.level_window", "history", 1, "not exceed history", at_most=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -20,6 +21,10 @@ StartResponse = Callable[..., Any]
 
 class _ThreadingWSGIServer(ThreadingMixIn, WSGIServer):
     daemon_threads = True
+
+
+class _ThreadingWSGIServerV6(_ThreadingWSGIServer):
+    address_family = socket.AF_INET6
 
 
 class _QuietHandler(WSGIRequestHandler):
@@ -129,9 +134,8 @@ class WebServer:
     """Serves a WebApp on a background thread. Port 0 picks a free port (see `.port`)."""
 
     def __init__(self, app: WebApp, host: str, port: int) -> None:
-        self._httpd = make_server(
-            host, port, app, server_class=_ThreadingWSGIServer, handler_class=_QuietHandler
-        )
+        server_class = _ThreadingWSGIServerV6 if ":" in host else _ThreadingWSGIServer
+        self._httpd = make_server(host, port, app, server_class=server_class, handler_class=_QuietHandler)
         self._thread = threading.Thread(target=self._httpd.serve_forever, name="web", daemon=True)
 
     @property

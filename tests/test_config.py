@@ -350,6 +350,16 @@ ERROR_CASES = [
         "prometheus.tls.insecure_skip_verify: must be true or false (got string)",
     ),
     (
+        "sub-second step",
+        with_rule("step: 500ms"),
+        "rules[0].step: must be a whole number of seconds, at least 1s (got 500ms)",
+    ),
+    (
+        "fractional step",
+        with_rule("step: 1s500ms"),
+        "rules[0].step: must be a whole number of seconds, at least 1s (got 1s500ms)",
+    ),
+    (
         "history < 10 x step",
         with_rule("history: 1h, step: 10m"),
         "rules[0].history: history must be at least 10 × step (history 1h, step 10m)",
