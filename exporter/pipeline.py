@@ -84,6 +84,8 @@ class RuleRunner:
         self._fetch_lock = threading.Lock()  # one query at a time per rule
         self._fit_lock = threading.Lock()  # one fit at a time per rule
         self._last_dropped = 0
+        self._warm_waiting = False  # set by _score: unscored series now have enough history to fit
+        self._early_refit = min(rule.retrain, max(300.0, 5 * rule.interval))
         store.add_rule(rule.name)
 
     # -- jobs (called by the scheduler) --------------------------------------------------------------
@@ -108,7 +110,11 @@ class RuleRunner:
             self._fit_lock.release()
 
     def score_job(self) -> None:
-        """Fetch what is new and publish fresh scores; until a first fit succeeds, keep trying to fit."""
+        """Fetch what is new and publish fresh scores; until a first fit succeeds, keep trying to fit.
+
+        Series that appeared after the last fit are not scored by it; once one of them has `min_history`
+        of data, the rule refits early (at most every `_early_refit` seconds) rather than wait for `retrain`.
+        """
         if self._model is None:
             self.fit_job()
             return
@@ -116,7 +122,16 @@ class RuleRunner:
             self._fetch()
             self._score()
         except Exception:
-            pass
+            return
+        last_fit = self._store.health().get(self.rule.name)
+        if (
+            self._warm_waiting
+            and last_fit is not None
+            and last_fit.last_fit is not None
+            and self._clock() - last_fit.last_fit >= self._early_refit
+        ):
+            log.info("rule %s: refitting early for series that appeared since the last fit", self.rule.name)
+            self.fit_job()
 
     # -- stages --------------------------------------------------------------------------------------
     @contextmanager
@@ -185,6 +200,13 @@ class RuleRunner:
                 prediction = model.predict(window, last)
                 keys = list(window.keys)
                 timestamp = float(window.timestamps[-1])
+                unscored = np.isnan(prediction.expected[:, 0]) | np.isnan(prediction.scale[:, 0])
+                waiting = unscored & ~np.isnan(values[:, 0])
+                if waiting.any():  # new series since the fit: do they have enough history by now?
+                    counts = (~np.isnan(window.values[waiting])).sum(axis=1)
+                    self._warm_waiting = bool((counts * self._step >= self.rule.model.min_history).any())
+                else:
+                    self._warm_waiting = False
             r = self.rule
             scored = calibrate(
                 values,
@@ -194,8 +216,8 @@ class RuleRunner:
                 min_abs_deviation=r.min_abs_deviation,
                 min_rel_deviation=r.min_rel_deviation,
             )
-            present = ~np.isnan(values[:, 0])  # a series with no current value is not exported
-            rows = np.flatnonzero(present)
+            # exported: series with a current value that the model can judge (not new, not in warm-up)
+            rows = np.flatnonzero(~np.isnan(values[:, 0]) & ~unscored)
             snapshot = RuleSnapshot(
                 labels=tuple(self._output_labels(keys[i]) for i in rows),
                 score=scored.score[rows, 0],

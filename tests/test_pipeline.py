@@ -174,3 +174,42 @@ def test_bad_query_is_reported_on_the_rule(bad):
     ).fit_job()
     h = store.health()["bad"]
     assert h.ready and not h.up and h.errors["query"] == 1
+
+
+class Churn:
+    """Series 'a' always; series 'b' only from `b_from` on; series 'c' only until `c_until`."""
+
+    def __init__(self, b_from, c_until):
+        self.b_from, self.c_until = b_from, c_until
+
+    def query_range(self, query, start, end, step, *, keep=None, series_hint=1):
+        ts = np.arange(int(start) // 60 * 60, int(end) // 60 * 60 + 1, 60, dtype=np.int64)
+        rng = np.random.default_rng(int(start))
+        keys, rows = [], []
+        for name, mask in (("a", ts >= 0), ("b", ts >= self.b_from), ("c", ts <= self.c_until)):
+            if not mask.any():
+                continue
+            key = (("__name__", "m"), ("s", name))
+            if keep is not None and not keep(key):
+                continue
+            keys.append(key)
+            rows.append(np.where(mask, 10 + rng.normal(0, 1, len(ts)), np.nan))
+        values = np.vstack(rows) if rows else np.empty((0, len(ts)))
+        return RangeResult(keys=keys, timestamps=ts, values=values, dropped=0, warnings=())
+
+
+def test_series_that_appear_get_scored_once_warm_and_vanished_ones_disappear():
+    clock = Clock(T0)
+    store = Store()
+    source = Churn(b_from=T0 + 600, c_until=T0 + 300)
+    runner = RuleRunner(rule(query="m", history=86400, retrain=86400), source, store, clock=clock)
+    runner.fit_job()
+    exported = lambda: {dict(lbl)["s"] for lbl in store.snapshots()["web"].labels}  # noqa: E731
+    assert exported() == {"a", "c"}
+    clock.now = T0 + 1200
+    runner.score_job()
+    assert exported() == {"a"}  # c vanished; b is new and in warm-up: unknown, so not exported
+    clock.now = T0 + 600 + 3600 + 60  # b now has an hour of data: an early refit picks it up
+    runner.score_job()
+    assert exported() == {"a", "b"}
+    assert store.health()["web"].last_fit == clock.now
