@@ -81,10 +81,13 @@ class PrometheusConfig:
 class ModelConfig:
     """Detector settings. `type` picks the detector; the others tune the seasonal baseline."""
 
-    type: str = "seasonal"  # seasonal (more in later versions)
+    type: str = "seasonal"  # seasonal | iforest | mad
     seasonality: str = "auto"  # auto | none | daily | weekly
     level_window: float = 3600.0  # seconds of recent data used to follow level changes
     min_history: float = 3600.0  # seconds of data a series needs before it is scored (warm-up)
+    contamination: float = 0.001  # iforest: share of training points above score 1
+    per_series: bool = False  # iforest: one forest per series instead of one per rule
+    exclude_anomalies: bool = True  # points scoring >= 1 are kept out of the next fit
 
 
 @dataclass(frozen=True)
@@ -103,6 +106,8 @@ class RuleConfig:
     min_rel_deviation: float = 0.0  # same, as a fraction of |expected|
     labels: Mapping[str, str] = field(default_factory=_frozen_map)  # extra labels on every exported series
     max_series: int = 1000  # series beyond this are dropped (with a warning and a metric)
+    alert_for: float = 0.0  # `for:` seconds the score must stay >= 1 before an alert fires
+    keep_firing_for: float = 0.0  # seconds a firing alert keeps firing after the score drops below 1
     model: ModelConfig = field(default_factory=ModelConfig)
     receivers: tuple[str, ...] = ()  # names from the top-level `receivers:` section
 
@@ -337,6 +342,7 @@ def _auth(data: dict[str, Any]) -> tuple[Secret | None, BasicAuth | None]:
 
 
 _SCALARS = ("duration", "number", "integer", "enum")
+_ATTRS = {"for": "alert_for"}  # YAML keys that are Python keywords
 
 
 def _build(top: dict[str, Any], rules: list[tuple[dict[str, Any], _Settings]]) -> Config:
@@ -366,7 +372,7 @@ def _build(top: dict[str, Any], rules: list[tuple[dict[str, Any], _Settings]]) -
         )
     built = []
     for rule, s in rules:
-        plain = {f.name: s[f.name][0] for f in DEFAULTS.fields if f.kind in _SCALARS}
+        plain = {_ATTRS.get(f.name, f.name): s[f.name][0] for f in DEFAULTS.fields if f.kind in _SCALARS}
         built.append(
             RuleConfig(
                 name=rule["name"],

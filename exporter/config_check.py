@@ -242,6 +242,8 @@ class Checker:
             self.error(path, f"must be at least {f.minimum:g} (got {shown})")
         elif f.exclusive_minimum is not None and number <= f.exclusive_minimum:
             self.error(path, f"must be greater than {f.exclusive_minimum:g} (got {shown})")
+        elif f.maximum is not None and number > f.maximum:
+            self.error(path, f"must be at most {f.maximum:g} (got {shown})")
         else:
             return number
         return INVALID

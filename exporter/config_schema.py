@@ -50,6 +50,7 @@ class Field:
     choices: tuple[str, ...] = ()
     minimum: float | None = None
     exclusive_minimum: float | None = None
+    maximum: float | None = None
     pattern: str | None = None
     non_empty: bool = False
     section: Section | None = None
@@ -148,7 +149,14 @@ MODEL = Section(
     "model",
     "Detector settings; merged key by key with defaults.model.",
     (
-        Field("type", "enum", "Detector.", default="seasonal", choices=("seasonal",)),
+        Field(
+            "type",
+            "enum",
+            "Detector: seasonal (baseline and band), iforest (IsolationForest on the baseline's residual"
+            " features, scored together with the band), mad (robust z-score against a trailing median).",
+            default="seasonal",
+            choices=("seasonal", "iforest", "mad"),
+        ),
         Field(
             "seasonality",
             "enum",
@@ -169,6 +177,26 @@ MODEL = Section(
             "Data a series needs before it is scored (warm-up); at most history.",
             default="1h",
             minimum=0,
+        ),
+        Field(
+            "contamination",
+            "number",
+            "iforest: expected share of anomalous points; the forest's score at this quantile is score 1.",
+            default=0.001,
+            exclusive_minimum=0,
+            maximum=0.5,
+        ),
+        Field(
+            "per_series",
+            "boolean",
+            "iforest: one forest per series instead of one pooled per rule (slower, needs more history).",
+            default=False,
+        ),
+        Field(
+            "exclude_anomalies",
+            "boolean",
+            "Keep points that scored at or above 1 out of the next fit, so anomalies don't become normal.",
+            default=True,
         ),
     ),
 )
@@ -224,6 +252,20 @@ RULE_SETTINGS = (
         "Series beyond this many are dropped, with a warning and a metric.",
         default=1000,
         minimum=1,
+    ),
+    Field(
+        "for",
+        "duration",
+        "How long anomaly_score must stay at or above 1 before the alert fires (pending until then).",
+        default="0s",
+        minimum=0,
+    ),
+    Field(
+        "keep_firing_for",
+        "duration",
+        "How long a firing alert keeps firing after the score drops below 1 (against flapping).",
+        default="0s",
+        minimum=0,
     ),
     Field("labels", "labels", "Extra labels on every exported series; merged key by key with defaults."),
     Field("model", "section", "Detector settings.", section=MODEL),
@@ -321,6 +363,8 @@ def _value_schema(f: Field, defs: dict[str, Any]) -> dict[str, Any]:
                 out["minimum"] = f.minimum
             if f.exclusive_minimum is not None:
                 out["exclusiveMinimum"] = f.exclusive_minimum
+            if f.maximum is not None:
+                out["maximum"] = f.maximum
             return out
         case "boolean":
             return {"type": "boolean"}

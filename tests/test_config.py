@@ -310,7 +310,7 @@ ERROR_CASES = [
     (
         "bad model type",
         with_rule("model: {type: prophet}"),
-        "rules[0].model.type: must be one of seasonal (got 'prophet')",
+        "rules[0].model.type: must be one of seasonal, iforest, mad (got 'prophet')",
     ),
     (
         "bool is not an int",
@@ -588,7 +588,8 @@ def test_duplicate_yaml_keys_are_reported_with_lines_together_with_other_errors(
         "rules.yaml:3:3: duplicate key 'url' (first defined on line 2)",
         "rules.yaml:5:36: duplicate key 'step' (first defined on line 5)",
         "rules[1].bogus: unknown key (expected one of: name, query, interval, retrain, history, step, "
-        "threshold, direction, min_abs_deviation, min_rel_deviation, max_series, labels, model, receivers)",
+        "threshold, direction, min_abs_deviation, min_rel_deviation, max_series, for, keep_firing_for, "
+        "labels, model, receivers)",
     ]
 
 
@@ -682,6 +683,7 @@ def _valid(schema: dict[str, Any], doc: Any, root: dict[str, Any]) -> bool:
         "pattern" not in schema or not isinstance(doc, str) or re.search(schema["pattern"], doc) is not None,
         "minLength" not in schema or not isinstance(doc, str) or len(doc) >= schema["minLength"],
         "minimum" not in schema or doc >= schema["minimum"],
+        "maximum" not in schema or doc <= schema["maximum"],
         "exclusiveMinimum" not in schema or doc > schema["exclusiveMinimum"],
         all(_valid(s, doc, root) for s in schema.get("allOf", [])),
         "anyOf" not in schema or any(_valid(s, doc, root) for s in schema["anyOf"]),
@@ -725,6 +727,7 @@ KNOWN_KEYWORDS = {
     "pattern",
     "minLength",
     "minimum",
+    "maximum",
     "exclusiveMinimum",
     "items",
     "minItems",
@@ -781,7 +784,8 @@ def test_schema_objects_are_closed_and_documented() -> None:
 def test_every_dataclass_field_is_in_the_schema(cls: type, where: str) -> None:
     schema = json_schema()
     props = (schema["$defs"][where] if where else schema)["properties"]
-    missing = {f.name for f in dataclasses.fields(cls)} - set(props)
+    renamed = {"alert_for": "for"}  # Python keywords can't be field names
+    missing = {renamed.get(f.name, f.name) for f in dataclasses.fields(cls)} - set(props)
     assert missing == ({"name"} if cls is ReceiverConfig else set())  # a receiver's name is its key
 
 
