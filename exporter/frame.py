@@ -19,6 +19,7 @@ class Window:
     keys: Sequence[SeriesKey]
     timestamps: np.ndarray  # int64 seconds, evenly spaced by `step`
     values: np.ndarray  # float64, shape (len(keys), len(timestamps))
+    flagged: np.ndarray | None = None  # bool, same shape: points judged anomalous when they were scored
 
     @property
     def step(self) -> int:
@@ -43,6 +44,7 @@ class SeriesFrame:
         self._index: dict[SeriesKey, int] = {}
         self._slack = max(16, capacity // 8)
         self._buf = np.full((0, capacity + self._slack), np.nan)
+        self._flags = np.zeros((0, capacity + self._slack), dtype=bool)  # judged anomalous when scored
         self._lo = 0  # first used column in _buf
         self._hi = 0  # one past the last used column
         self._t0 = 0  # timestamp of column _lo
@@ -67,10 +69,19 @@ class SeriesFrame:
         """All kept history. With copy=True the result stays valid while the frame keeps changing."""
         n_cols = self._hi - self._lo
         values = self._buf[: len(self.keys), self._lo : self._hi]
+        flagged = self._flags[: len(self.keys), self._lo : self._hi]
         timestamps = self._t0 + self.step * np.arange(n_cols, dtype=np.int64)
         if copy:
-            return Window(tuple(self.keys), timestamps, values.copy())
-        return Window(self.keys, timestamps, values)
+            return Window(tuple(self.keys), timestamps, values.copy(), flagged.copy())
+        return Window(self.keys, timestamps, values, flagged)
+
+    def flag(self, timestamp: int, flagged: np.ndarray) -> None:
+        """Record which series were judged anomalous at `timestamp` (rows as in window().keys)."""
+        last = self.last_timestamp
+        if last is None or timestamp > last or timestamp < self._t0:
+            return
+        col = self._lo + (timestamp - self._t0) // self.step
+        self._flags[: len(flagged), col] = flagged
 
     # -- admission -------------------------------------------------------------------------------
     def admitter(self) -> Callable[[SeriesKey], bool]:
@@ -134,6 +145,7 @@ class SeriesFrame:
             grow = min(self.max_series, max(len(self.keys), 2 * self._buf.shape[0]))
             extra = np.full((grow - self._buf.shape[0], self._buf.shape[1]), np.nan)
             self._buf = np.vstack([self._buf, extra])
+            self._flags = np.vstack([self._flags, np.zeros(extra.shape, dtype=bool)])
         return rows, src, added
 
     def _extend_to(self, last: int) -> None:
@@ -144,15 +156,19 @@ class SeriesFrame:
             return
         if new_cols >= self.capacity:  # a jump longer than the whole history: start over
             self._buf[:] = np.nan
+            self._flags[:] = False
             self._t0, self._lo, self._hi = last - (self.capacity - 1) * self.step, 0, self.capacity
             return
         if self._hi + new_cols > self._buf.shape[1]:
             keep = min(self._hi - self._lo, self.capacity - new_cols)
             self._buf[:, :keep] = self._buf[:, self._hi - keep : self._hi]
             self._buf[:, keep:] = np.nan
+            self._flags[:, :keep] = self._flags[:, self._hi - keep : self._hi]
+            self._flags[:, keep:] = False
             self._t0 += (self._hi - self._lo - keep) * self.step
             self._lo, self._hi = 0, keep
         self._buf[:, self._hi : self._hi + new_cols] = np.nan
+        self._flags[:, self._hi : self._hi + new_cols] = False
         self._hi += new_cols
         if self._hi - self._lo > self.capacity:
             drop = self._hi - self._lo - self.capacity
@@ -168,6 +184,7 @@ class SeriesFrame:
         if gone:
             keep_rows = np.flatnonzero(present)
             self._buf = np.ascontiguousarray(self._buf[keep_rows])
+            self._flags = np.ascontiguousarray(self._flags[keep_rows])
             self.keys = [self.keys[i] for i in keep_rows]
             self._index = {k: i for i, k in enumerate(self.keys)}
         return gone

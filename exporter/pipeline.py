@@ -17,9 +17,8 @@ from typing import Protocol
 import numpy as np
 
 from exporter.config import RuleConfig
-from exporter.detectors import Detector, build_detector
 from exporter.frame import SeriesFrame
-from exporter.postprocess import calibrate
+from exporter.model import RuleModel
 from exporter.reader import RangeResult, SeriesKey
 from exporter.store import LabelPairs, RuleSnapshot, Store
 
@@ -78,7 +77,8 @@ class RuleRunner:
         self._step = int(rule.step)
         self._frame = SeriesFrame(self._step, max(2, int(rule.history // rule.step)), rule.max_series)
         self._overlap = max(2 * self._step, 300)  # re-read recent points: late samples change them
-        self._model: Detector | None = None
+        self._model: RuleModel | None = None
+        self._last_scored = -1  # grid time of the newest scored column
         self._labels: dict[SeriesKey, LabelPairs] = {}
         self._frame_lock = threading.Lock()  # frame reads/writes (short)
         self._fetch_lock = threading.Lock()  # one query at a time per rule
@@ -99,7 +99,7 @@ class RuleRunner:
                 with self._frame_lock:
                     self._frame.drop_absent()
                     window = self._frame.window(copy=True)
-                self._model = build_detector(self.rule.model).fit(window)
+                self._model = RuleModel(self.rule).fit(window)
             self._store.update(self.rule.name, ready=True, last_fit=self._clock())
             self._score()
         except Exception:  # already logged and counted by _stage
@@ -193,37 +193,35 @@ class RuleRunner:
         with self._stage("score"):
             with self._frame_lock:
                 window = self._frame.window()
-                if len(window.timestamps) == 0:
+                n_t = len(window.timestamps)
+                if n_t == 0:
                     return
-                last = np.array([len(window.timestamps) - 1])
-                values = window.values[:, last].copy()
-                prediction = model.predict(window, last)
+                # every column new since the last cycle (at most an hour's worth), so none goes unjudged
+                new = int(np.searchsorted(window.timestamps, self._last_scored, side="right"))
+                columns = np.arange(max(new, n_t - 60, 0) if new < n_t else n_t - 1, n_t)
+                scored = model.score(window, columns)
+                if self.rule.model.exclude_anomalies:
+                    for j, col in enumerate(columns):
+                        self._frame.flag(int(window.timestamps[col]), scored.score[:, j] >= 1)
+                values = window.values[:, -1].copy()
                 keys = list(window.keys)
                 timestamp = float(window.timestamps[-1])
-                unscored = np.isnan(prediction.expected[:, 0]) | np.isnan(prediction.scale[:, 0])
-                waiting = unscored & ~np.isnan(values[:, 0])
-                if waiting.any():  # new series since the fit: do they have enough history by now?
-                    counts = (~np.isnan(window.values[waiting])).sum(axis=1)
-                    self._warm_waiting = bool((counts * self._step >= self.rule.model.min_history).any())
-                else:
-                    self._warm_waiting = False
+                self._last_scored = int(timestamp)
+                score, expected, lower, upper = (a[:, -1] for a in scored)
+                unscored = np.isnan(expected) | np.isnan(upper)
+                waiting = unscored & ~np.isnan(values)
+                # new series since the fit: once one has enough history, refit early (see score_job)
+                counts = (~np.isnan(window.values[waiting])).sum(axis=1)
+                self._warm_waiting = bool((counts * self._step >= self.rule.model.min_history).any())
             r = self.rule
-            scored = calibrate(
-                values,
-                prediction,
-                threshold=r.threshold,
-                direction=r.direction,
-                min_abs_deviation=r.min_abs_deviation,
-                min_rel_deviation=r.min_rel_deviation,
-            )
             # exported: series with a current value that the model can judge (not new, not in warm-up)
-            rows = np.flatnonzero(~np.isnan(values[:, 0]) & ~unscored)
+            rows = np.flatnonzero(~np.isnan(values) & ~unscored)
             snapshot = RuleSnapshot(
                 labels=tuple(self._output_labels(keys[i]) for i in rows),
-                score=scored.score[rows, 0],
-                expected=scored.expected[rows, 0],
-                lower=scored.lower[rows, 0],
-                upper=scored.upper[rows, 0],
+                score=score[rows],
+                expected=expected[rows],
+                lower=lower[rows],
+                upper=upper[rows],
                 timestamp=timestamp,
             )
         self._store.publish(r.name, snapshot)

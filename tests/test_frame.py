@@ -94,3 +94,18 @@ def test_window_copy_is_independent():
     snapshot = f.window(copy=True)
     f.merge(result([key(0)], 0, 3, fill=9.0))
     assert snapshot.values[0].tolist() == [1.0, 1.0, 1.0]
+
+
+def test_flags_follow_their_points_through_appends_and_compactions():
+    f = SeriesFrame(step=60, capacity=20, max_series=4)
+    f.merge(result([key(0), key(1)], 0, 5))
+    f.flag(120, np.array([True, False]))
+    for i in range(1, 12):  # forces compactions; the flagged point (t=120) falls out of the history
+        f.merge(result([key(0), key(1)], 60 * (5 * i), 5))
+        w = f.window()
+        expected = w.timestamps == 120
+        assert np.array_equal(w.flagged[0], expected) and not w.flagged[1].any()
+    f.flag(60 * 50, np.array([False, True]))
+    f.merge(result([key(0), key(1)], 60 * 50, 1, fill=1.0))  # re-fetching a point keeps its flag
+    w = f.window()
+    assert w.flagged[1, w.timestamps == 60 * 50].all()

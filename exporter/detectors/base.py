@@ -24,10 +24,18 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class Prediction:
-    """Per series (rows) and predicted column: expected value and scale. NaN in either = unknown."""
+    """Per series (rows) and predicted column: expected value and scale. NaN in either = unknown.
+
+    Detectors that judge more than the distance from the expected value (e.g. an IsolationForest over
+    the residual's recent context) also give `raw`, their own anomaly measure (higher = more anomalous),
+    with `raw_center` (typical) and `raw_threshold` (the value that should map to score 1), per series.
+    """
 
     expected: np.ndarray
     scale: np.ndarray
+    raw: np.ndarray | None = None
+    raw_center: np.ndarray | None = None
+    raw_threshold: np.ndarray | None = None
 
 
 class Detector(ABC):

@@ -143,6 +143,19 @@ class SeasonalBaseline(Detector):
         out[:, head:] = np.repeat(nanmedian(blocks), w, axis=1)
         return out
 
+    def insample_z(self, window: Window) -> np.ndarray:
+        """Residuals of the training window in robust standard deviations, from the fitted profile and
+        block levels (cheap: no trailing median per column). Rows as in `window`; NaN = no data / unknown.
+        """
+        rows = self._fitted_rows(window.keys)
+        r = np.where(rows >= 0, rows, 0)
+        t = window.timestamps
+        slot_of = self._slots(t, self.slot_period_) if self.slot_period_ else np.zeros(len(t), np.int64)
+        deseason = window.values - self.profile_[r][:, slot_of]
+        z = (deseason - self._block_level(deseason)) / self.sigma_[r][:, None]
+        z[rows < 0] = np.nan
+        return z
+
     # -- prediction ------------------------------------------------------------------------------
     def predict(self, window: Window, columns: np.ndarray) -> Prediction:
         rows = self._fitted_rows(window.keys)

@@ -1,0 +1,1 @@
+"""Benchmarks and the detection-quality harness's synthetic scenarios."""

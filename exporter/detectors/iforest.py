@@ -1,0 +1,160 @@
+"""IsolationForest over the seasonal baseline's residual and its recent context.
+
+The baseline says what is expected; the forest judges how unusual the recent shape of the deviation is
+(a burst of small deviations, a variance change, a drift) — things a per-point band misses. By default one
+forest per rule, pooled over all its series on normalized features, so a series that appears later is
+scored at once without a refit of its own. Scores keep scikit-learn's sign convention flipped once, here:
+`raw` is higher for more anomalous points.
+"""
+
+from __future__ import annotations
+
+from typing import Self
+
+import numpy as np
+from sklearn.ensemble import IsolationForest
+
+from exporter.detectors.base import Detector, Prediction
+from exporter.detectors.seasonal import SeasonalBaseline
+from exporter.frame import Window
+
+DAY, WEEK = 86400, 7 * 86400
+
+
+def _trailing(z: np.ndarray, w: int) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and standard deviation of the last `w` columns (inclusive) per column, ignoring NaN."""
+    valid = ~np.isnan(z)
+    z0 = np.where(valid, z, 0.0)
+    pad = np.zeros((z.shape[0], 1))
+    s1 = np.concatenate([pad, np.cumsum(z0, axis=1)], axis=1)
+    s2 = np.concatenate([pad, np.cumsum(z0 * z0, axis=1)], axis=1)
+    cnt = np.concatenate([pad, np.cumsum(valid, axis=1)], axis=1)
+    hi = np.arange(1, z.shape[1] + 1)
+    lo = np.maximum(0, hi - w)
+    n = cnt[:, hi] - cnt[:, lo]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = (s1[:, hi] - s1[:, lo]) / n
+        var = (s2[:, hi] - s2[:, lo]) / n - mean * mean
+    enough = n >= max(1, w // 3)
+    return np.where(enough, mean, np.nan), np.where(enough, np.sqrt(np.maximum(var, 0.0)), np.nan)
+
+
+def features(z: np.ndarray, t: np.ndarray, windows: tuple[int, ...]) -> np.ndarray:
+    """Per (series, column) feature vectors, shape (n, T, F): the residual, its trailing means and spreads,
+    its change since the previous point, and the position in the day and week."""
+    n, n_t = z.shape
+    cols = [np.clip(z, -50, 50)]
+    for w in windows:
+        mean, std = _trailing(z, w)
+        cols += [np.clip(mean, -50, 50), np.clip(std, 0, 50)]
+    diff = np.full_like(z, np.nan)
+    diff[:, 1:] = z[:, 1:] - z[:, :-1]
+    cols.append(np.clip(diff, -50, 50))
+    for period in (DAY, WEEK):
+        angle = 2 * np.pi * (t % period) / period
+        cols += [np.broadcast_to(np.sin(angle), (n, n_t)), np.broadcast_to(np.cos(angle), (n, n_t))]
+    return np.stack(cols, axis=-1)
+
+
+class IsolationForestDetector(Detector):
+    """Seasonal baseline for expected value and band, plus an IsolationForest score of the residual context.
+
+    Parameters
+    ----------
+    baseline : the SeasonalBaseline (unfitted) that provides expected values and residuals.
+    contamination : share of training points whose forest score should reach anomaly score 1.
+    per_series : fit one forest per series instead of one pooled forest.
+    windows : trailing window lengths (in points) for the residual's rolling statistics.
+    n_estimators, max_samples, train_rows, random_state : forest size, and how many training rows are
+        sampled (fixed seed: the same data gives the same scores).
+    """
+
+    def __init__(
+        self,
+        baseline: SeasonalBaseline | None = None,
+        contamination: float = 0.001,
+        per_series: bool = False,
+        windows: tuple[int, ...] = (5, 15, 60),
+        n_estimators: int = 100,
+        max_samples: int = 256,
+        train_rows: int = 50_000,
+        random_state: int = 0,
+    ) -> None:
+        self.baseline = baseline
+        self.contamination = contamination
+        self.per_series = per_series
+        self.windows = windows
+        self.n_estimators = n_estimators
+        self.max_samples = max_samples
+        self.train_rows = train_rows
+        self.random_state = random_state
+
+    def fit(self, window: Window) -> Self:
+        base = self.baseline if self.baseline is not None else SeasonalBaseline()
+        self.baseline_ = base.fit(window)
+        self.keys_ = self.baseline_.keys_
+        z = self.baseline_.insample_z(window)
+        feats = features(z, window.timestamps, self.windows)
+        n = len(window.keys)
+        rng = np.random.default_rng(self.random_state)
+        self.center_ = np.full(n, np.nan)
+        self.threshold_ = np.full(n, np.nan)
+        if self.per_series:
+            self.forests_: list[IsolationForest | None] = []
+            for i in range(n):
+                forest, center, thr = self._fit_rows(feats[i], rng, self.train_rows)
+                self.forests_.append(forest)
+                self.center_[i], self.threshold_[i] = center, thr
+        else:
+            forest, center, thr = self._fit_rows(feats.reshape(-1, feats.shape[-1]), rng, self.train_rows)
+            self.forests_ = [forest]
+            self.center_[:], self.threshold_[:] = center, thr
+        return self
+
+    def _fit_rows(
+        self, rows: np.ndarray, rng: np.random.Generator, limit: int
+    ) -> tuple[IsolationForest | None, float, float]:
+        usable = rows[np.isfinite(rows).all(axis=1)]
+        if len(usable) < 50:  # too little history for a forest: the band alone judges this series
+            return None, np.nan, np.nan
+        if len(usable) > limit:
+            usable = usable[rng.choice(len(usable), limit, replace=False)]
+        forest = IsolationForest(
+            n_estimators=self.n_estimators,
+            max_samples=min(self.max_samples, len(usable)),
+            random_state=self.random_state,
+        ).fit(usable)
+        raw = -forest.score_samples(usable)
+        center = float(np.median(raw))
+        threshold = float(np.quantile(raw, 1.0 - self.contamination))
+        return forest, center, max(threshold, center + 1e-6)
+
+    def predict(self, window: Window, columns: np.ndarray) -> Prediction:
+        columns = np.asarray(columns, dtype=np.int64)
+        base = self.baseline_.predict(window, columns)
+        rows = self._fitted_rows(window.keys)
+        n, k = base.expected.shape
+        raw = np.full((n, k), np.nan)
+        if k:
+            # residuals of the trailing context the features need, then features for the asked columns
+            ctx = max(self.windows)
+            lo = max(0, int(columns.min()) - ctx + 1)
+            span = np.arange(lo, int(columns.max()) + 1)
+            p = self.baseline_.predict(window, span)
+            z = (window.values[:, span] - p.expected) / p.scale
+            feats = features(z, window.timestamps[span], self.windows)[:, columns - lo]
+            for i, forest in enumerate(self.forests_):
+                if forest is None:
+                    continue
+                which = np.arange(n) if not self.per_series else np.flatnonzero(rows == i)
+                block = feats[which].reshape(-1, feats.shape[-1])
+                ok = np.isfinite(block).all(axis=1)
+                scores = np.full(len(block), np.nan)
+                if ok.any():
+                    scores[ok] = -forest.score_samples(block[ok])
+                raw[which] = scores.reshape(len(which), k)
+        known = rows >= 0
+        r = np.where(known, rows, 0)
+        center = np.where(known, self.center_[r], np.nan)
+        threshold = np.where(known, self.threshold_[r], np.nan)
+        return Prediction(base.expected, base.scale, raw=raw, raw_center=center, raw_threshold=threshold)

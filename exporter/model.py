@@ -1,0 +1,57 @@
+"""A rule's model: its detector plus calibration and the anomaly-exclusion policy.
+
+The live loop (pipeline) and the backtest both go through this class, so a backtest shows exactly what
+the exporter would have published.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+
+from exporter.config import RuleConfig
+from exporter.detectors import Detector, build_detector
+from exporter.frame import Window
+from exporter.postprocess import Scored, calibrate
+
+MAX_EXCLUDED_SHARE = 0.25  # beyond this, a series' flagged points are a new normal, not anomalies to hide
+
+
+class RuleModel:
+    """Fit on a window (leaving out points judged anomalous), then score chosen columns of a window."""
+
+    def __init__(self, rule: RuleConfig) -> None:
+        self.rule = rule
+        self.detector: Detector | None = None
+
+    @property
+    def fitted(self) -> bool:
+        return self.detector is not None
+
+    def fit(self, window: Window) -> RuleModel:
+        """Return a new fitted RuleModel (self is left as it was, so scoring can go on meanwhile)."""
+        training = window
+        if self.rule.model.exclude_anomalies and window.flagged is not None and window.flagged.any():
+            flagged = window.flagged
+            share = flagged.sum(axis=1) / max(1, flagged.shape[1])
+            hide = flagged & (share <= MAX_EXCLUDED_SHARE)[:, None]
+            training = replace(window, values=np.where(hide, np.nan, window.values))
+        fitted = RuleModel(self.rule)
+        fitted.detector = build_detector(self.rule.model).fit(training)
+        return fitted
+
+    def score(self, window: Window, columns: np.ndarray) -> Scored:
+        """Scores for `window.values[:, columns]`, each using only the data before it."""
+        if self.detector is None:
+            raise RuntimeError("RuleModel.score() before fit()")
+        r = self.rule
+        columns = np.asarray(columns, dtype=np.int64)
+        return calibrate(
+            window.values[:, columns],
+            self.detector.predict(window, columns),
+            threshold=r.threshold,
+            direction=r.direction,
+            min_abs_deviation=r.min_abs_deviation,
+            min_rel_deviation=r.min_rel_deviation,
+        )
