@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -15,7 +16,7 @@ from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
-from exporter import __version__
+from exporter import __version__, backtest_cmd
 from exporter.collector import AnomalyCollector
 from exporter.config import Config, ConfigError, PrometheusConfig, json_schema, load_config, parse_config
 from exporter.logs import setup_logging
@@ -54,8 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
             "--scheduler.workers",
             dest="workers",
             type=int,
-            default=4,
-            help="rule jobs run at the same time (default 4)",
+            default=0,
+            help="rule jobs run at the same time (default: number of rules + 2, at least 4)",
         )
 
     run = sub.add_parser("run", help="run the exporter (the default command)")
@@ -68,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("schema", help="print the JSON Schema of the rules file")
     demo = sub.add_parser("demo", help="run on a built-in synthetic source (no Prometheus needed)")
     serving_flags(demo)
+    backtest_cmd.add_parser(sub)
     return parser
 
 
@@ -78,6 +80,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(args_list)
     if args.command == "check":
         return _check(args.file)
+    if args.command == "backtest":
+        return backtest_cmd.run(args)
     if args.command == "schema":
         print(json.dumps(json_schema(), indent=2))
         return 0
@@ -127,7 +131,9 @@ def serve(
     ProcessCollector(registry=registry)
     PlatformCollector(registry=registry)
     GCCollector(registry=registry)
-    scheduler = Scheduler(store, source_factory, workers=args.workers)
+    # one worker per rule (each rule runs one job at a time), so a slow rule never queues the others
+    workers = args.workers or max(4, len(config.rules) + 2)
+    scheduler = Scheduler(store, source_factory, workers=workers)
     scheduler.apply(config)
     reload_lock = threading.Lock()
 
@@ -160,8 +166,15 @@ def serve(
     scheduler.start()
     server.start()
     log.info("listening on %s:%d (version %s, %d rule(s))", host, server.port, __version__, len(config.rules))
-    stop.wait()
+    # Wake up regularly: a signal delivered to another thread only runs its handler once the main thread
+    # executes Python code again, which a bare wait() would postpone forever.
+    while not stop.wait(0.5):
+        pass
     log.info("shutting down")
     server.stop()
     scheduler.shutdown(wait=False)
-    return 0
+    # A job may be inside a slow query (timeout × retries); nothing it holds needs saving, so don't let
+    # the interpreter wait for it past the orchestrator's grace period.
+    logging.shutdown()
+    sys.stdout.flush()
+    os._exit(0)

@@ -283,6 +283,8 @@ class Checker:
                 self.error(sub, f"invalid name {key!r} (must match {pattern})")
             elif f.kind == "labels" and key.startswith("__"):
                 self.error(sub, "label names starting with __ are reserved")
+            elif f.kind == "labels" and key == "rule":
+                self.error(sub, "the label `rule` is set by the exporter to the rule's name")
             elif f.kind == "section_map":
                 assert f.section is not None
                 out[key] = self.section(f.section, sub, item)

@@ -122,6 +122,7 @@ class SeriesFrame:
         skip = max(0, -start_col)
         dest = self._lo + start_col + skip
         chunk = result.values[src, skip:]
+        chunk = np.where(np.isinf(chunk), np.nan, chunk)  # ±Inf (x/0, histogram_quantile) carries no level
         if len(rows):
             self._buf[np.asarray(rows)[:, None], dest + np.arange(chunk.shape[1])] = chunk
         return added
@@ -175,11 +176,13 @@ class SeriesFrame:
             self._lo += drop
             self._t0 += drop * self.step
 
-    def drop_absent(self) -> int:
-        """Forget series with no data left in the kept history (vanished long ago). Returns how many."""
+    def drop_absent(self, recent: int | None = None) -> int:
+        """Forget series with no data in the kept history — or, with `recent`, in its last `recent`
+        columns (vanished series whose rows are needed for new ones). Returns how many were dropped."""
         if not self.keys:
             return 0
-        present = ~np.isnan(self._buf[: len(self.keys), self._lo : self._hi]).all(axis=1)
+        lo = self._lo if recent is None else max(self._lo, self._hi - recent)
+        present = ~np.isnan(self._buf[: len(self.keys), lo : self._hi]).all(axis=1)
         gone = int((~present).sum())
         if gone:
             keep_rows = np.flatnonzero(present)

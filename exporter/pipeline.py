@@ -72,11 +72,11 @@ class RuleRunner:
     ):
         self.rule = rule
         self._source = source
-        self._store = store
         self._clock = clock
         self._step = int(rule.step)
         self._frame = SeriesFrame(self._step, max(2, int(rule.history // rule.step)), rule.max_series)
         self._overlap = max(2 * self._step, 300)  # re-read recent points: late samples change them
+        self._stale_cols = int(max(3 * rule.interval, 600) // self._step) + 1  # no sample for this long: gone
         self._model: RuleModel | None = None
         self._last_scored = -1  # grid time of the newest scored column
         self._labels: dict[SeriesKey, LabelPairs] = {}
@@ -86,7 +86,7 @@ class RuleRunner:
         self._last_dropped = 0
         self._warm_waiting = False  # set by _score: unscored series now have enough history to fit
         self._early_refit = min(rule.retrain, max(300.0, 5 * rule.interval))
-        store.add_rule(rule.name)
+        self._out = store.add_rule(rule.name, owner=self)
 
     # -- jobs (called by the scheduler) --------------------------------------------------------------
     def fit_job(self) -> None:
@@ -100,12 +100,10 @@ class RuleRunner:
                     self._frame.drop_absent()
                     window = self._frame.window(copy=True)
                 self._model = RuleModel(self.rule).fit(window)
-            self._store.update(self.rule.name, ready=True, last_fit=self._clock())
+            self._out.update(ready=True, last_fit=self._clock())
             self._score()
         except Exception:  # already logged and counted by _stage
-            self._store.update(
-                self.rule.name, ready=True
-            )  # ready = "finished its first fit or reported an error"
+            self._out.update(ready=True)  # ready = "finished its first fit or reported an error"
         finally:
             self._fit_lock.release()
 
@@ -123,7 +121,7 @@ class RuleRunner:
             self._score()
         except Exception:
             return
-        last_fit = self._store.health().get(self.rule.name)
+        last_fit = self._out.health()
         if (
             self._warm_waiting
             and last_fit is not None
@@ -141,12 +139,12 @@ class RuleRunner:
             yield
         except Exception as exc:
             log.warning("rule %s: %s failed: %s", self.rule.name, stage, exc, exc_info=stage != "query")
-            self._store.record_error(self.rule.name, stage, str(exc))
+            self._out.record_error(stage, str(exc))
             if stage == "query":
                 self._maybe_withdraw()
             raise
         finally:
-            self._store.record_duration(self.rule.name, stage, time.perf_counter() - started)
+            self._out.record_duration(stage, time.perf_counter() - started)
 
     def _fetch(self) -> None:
         with self._fetch_lock, self._stage("query"):
@@ -158,6 +156,8 @@ class RuleRunner:
             else:
                 start = max(history_start, last - self._overlap)
                 with self._frame_lock:
+                    if len(self._frame) >= self.rule.max_series:  # full: free the rows of vanished series
+                        self._frame.drop_absent(recent=self._stale_cols)
                     keep = self._frame.admitter()
                 result = self._source.query_range(
                     self.rule.query, start, end, self._step, keep=keep, series_hint=max(1, len(self._frame))
@@ -174,7 +174,7 @@ class RuleRunner:
                     self.rule.max_series,
                 )
             self._last_dropped = dropped
-            self._store.update(self.rule.name, series=n_series, dropped=dropped)
+            self._out.update(series=n_series, dropped=dropped)
 
     def _load_history(self, start: int, end: int) -> tuple[RangeResult, int]:
         """Full history, for at most max_series series chosen by a stable hash (same set on every restart)."""
@@ -213,7 +213,6 @@ class RuleRunner:
                 # new series since the fit: once one has enough history, refit early (see score_job)
                 counts = (~np.isnan(window.values[waiting])).sum(axis=1)
                 self._warm_waiting = bool((counts * self._step >= self.rule.model.min_history).any())
-            r = self.rule
             # exported: series with a current value that the model can judge (not new, not in warm-up)
             rows = np.flatnonzero(~np.isnan(values) & ~unscored)
             snapshot = RuleSnapshot(
@@ -224,8 +223,8 @@ class RuleRunner:
                 upper=upper[rows],
                 timestamp=timestamp,
             )
-        self._store.publish(r.name, snapshot)
-        self._store.update(r.name, up=True, last_success=self._clock(), last_error=None)
+        self._out.publish(snapshot)
+        self._out.update(up=True, last_success=self._clock(), last_error=None)
 
     def _output_labels(self, key: SeriesKey) -> LabelPairs:
         labels = self._labels.get(key)
@@ -237,7 +236,7 @@ class RuleRunner:
 
     def _maybe_withdraw(self) -> None:
         """After queries have failed for a while, stop serving old scores as if they were current."""
-        last = self._store.health().get(self.rule.name)
+        last = self._out.health()
         horizon = max(3 * self.rule.interval, 300.0)
         if last is not None and (last.last_success is None or self._clock() - last.last_success > horizon):
-            self._store.withdraw(self.rule.name)
+            self._out.withdraw()

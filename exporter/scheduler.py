@@ -39,6 +39,8 @@ class Scheduler:
         self._clock = clock
         self._lock = threading.Lock()
         self._runners: dict[str, RuleRunner] = {}
+        self._jobs: dict[str, tuple[str, str]] = {}  # rule -> its job ids (unique per runner generation)
+        self._generation = 0
         self._prometheus: PrometheusConfig | None = None
         self._source: Source | None = None
         self._scheduler = BackgroundScheduler(
@@ -87,13 +89,17 @@ class Scheduler:
     def _add(self, runner: RuleRunner) -> None:
         rule = runner.rule
         self._runners[rule.name] = runner
+        self._generation += 1
+        # ids unique per generation: a replaced rule's still-running job must not block the new one's
+        fit_id, score_id = (f"{rule.name}:{kind}:{self._generation}" for kind in ("fit", "score"))
+        self._jobs[rule.name] = (fit_id, score_id)
         now = datetime.fromtimestamp(self._clock()).astimezone()
         self._scheduler.add_job(
             runner.fit_job,
             "interval",
             seconds=rule.retrain,
             jitter=min(60.0, rule.retrain * 0.05),
-            id=f"{rule.name}:fit",
+            id=fit_id,
             next_run_time=now,  # load history and fit at once
         )
         self._scheduler.add_job(
@@ -101,12 +107,12 @@ class Scheduler:
             "interval",
             seconds=rule.interval,
             jitter=min(5.0, rule.interval * 0.1),
-            id=f"{rule.name}:score",
+            id=score_id,
             next_run_time=now + timedelta(seconds=rule.interval),
         )
 
     def _remove(self, name: str) -> None:
-        for job in (f"{name}:fit", f"{name}:score"):
+        for job in self._jobs.pop(name, ()):
             if self._scheduler.get_job(job) is not None:
                 self._scheduler.remove_job(job)
         self._runners.pop(name, None)

@@ -60,43 +60,65 @@ class Store:
         self._lock = threading.Lock()
         self._snapshots: dict[str, RuleSnapshot] = {}
         self._health: dict[str, RuleHealth] = {}
+        self._owners: dict[str, object] = {}  # who may write each rule's state (the current runner)
         self._reload = ReloadStatus(last_success=clock())
 
     # -- writers -----------------------------------------------------------------------------------
-    def add_rule(self, rule: str) -> None:
+    def add_rule(self, rule: str, owner: object = None) -> RuleWriter:
+        """Start (or take over) a rule. Writes through the returned writer are ignored once another
+        owner takes the rule over or it is removed, so a job of a replaced rule can't publish into it."""
         with self._lock:
+            if self._owners.get(rule, owner) is not owner:
+                self._health[rule] = RuleHealth()
+                self._snapshots.pop(rule, None)
             self._health.setdefault(rule, RuleHealth())
+            self._owners[rule] = owner
+        return RuleWriter(self, rule, owner)
 
     def remove_rule(self, rule: str) -> None:
         with self._lock:
             self._health.pop(rule, None)
             self._snapshots.pop(rule, None)
+            self._owners.pop(rule, None)
 
-    def publish(self, rule: str, snapshot: RuleSnapshot) -> None:
+    def _owned(self, rule: str, owner: object) -> bool:
+        return rule in self._health and (owner is None or self._owners.get(rule) is owner)
+
+    def publish(self, rule: str, snapshot: RuleSnapshot, owner: object = None) -> None:
         with self._lock:
-            if rule in self._health:  # a rule removed by a reload while its job ran stays removed
+            if not self._owned(rule, owner):
+                return  # a rule removed or replaced by a reload while its job ran stays so
+            current = self._snapshots.get(rule)
+            if current is None or snapshot.timestamp >= current.timestamp:  # never go back in time
                 self._snapshots[rule] = snapshot
 
-    def withdraw(self, rule: str) -> None:
+    def withdraw(self, rule: str, owner: object = None) -> None:
         """Stop exporting a rule's series (e.g. its data can no longer be trusted as current)."""
         with self._lock:
-            self._snapshots.pop(rule, None)
+            if self._owned(rule, owner):
+                self._snapshots.pop(rule, None)
 
-    def update(self, rule: str, **changes: object) -> None:
+    def update(self, rule: str, owner: object = None, **changes: object) -> None:
         with self._lock:
+            if not self._owned(rule, owner):
+                return
             current = self._health.get(rule)
             if current is not None:
                 self._health[rule] = dataclasses.replace(current, **changes)  # type: ignore[arg-type]
 
-    def record_duration(self, rule: str, stage: str, seconds: float) -> None:
+    def record_duration(self, rule: str, stage: str, seconds: float, owner: object = None) -> None:
         with self._lock:
+            if not self._owned(rule, owner):
+                return
             current = self._health.get(rule)
             if current is not None:
                 durations = MappingProxyType({**current.durations, stage: seconds})
                 self._health[rule] = dataclasses.replace(current, durations=durations)
 
-    def record_error(self, rule: str, stage: str, message: str) -> None:
+    def record_error(self, rule: str, stage: str, message: str, owner: object = None) -> None:
         with self._lock:
+            if not self._owned(rule, owner):
+                return
             current = self._health.get(rule)
             if current is not None:
                 errors = MappingProxyType({**current.errors, stage: current.errors.get(stage, 0) + 1})
@@ -128,3 +150,28 @@ class Store:
     def reload_status(self) -> ReloadStatus:
         with self._lock:
             return self._reload
+
+
+class RuleWriter:
+    """One runner's handle on its rule's state in the store (see Store.add_rule)."""
+
+    def __init__(self, store: Store, rule: str, owner: object) -> None:
+        self._store, self._rule, self._owner = store, rule, owner
+
+    def publish(self, snapshot: RuleSnapshot) -> None:
+        self._store.publish(self._rule, snapshot, owner=self._owner)
+
+    def withdraw(self) -> None:
+        self._store.withdraw(self._rule, owner=self._owner)
+
+    def update(self, **changes: object) -> None:
+        self._store.update(self._rule, owner=self._owner, **changes)
+
+    def record_duration(self, stage: str, seconds: float) -> None:
+        self._store.record_duration(self._rule, stage, seconds, owner=self._owner)
+
+    def record_error(self, stage: str, message: str) -> None:
+        self._store.record_error(self._rule, stage, message, owner=self._owner)
+
+    def health(self) -> RuleHealth | None:
+        return self._store.health().get(self._rule)

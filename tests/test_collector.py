@@ -99,3 +99,28 @@ def test_awkward_label_values_are_escaped():
     assert registry.get_sample_value("anomaly_score", {"rule": "r", "pod": weird}) == 0.5
     text = generate_latest(registry).decode()
     assert 'pod="quote \\" backslash \\\\ newline \\n unicode ☃"' in text
+
+
+def test_a_replaced_rules_old_job_cannot_write_into_the_new_one():
+    store = Store()
+    old = store.add_rule("r", owner="old runner")
+    store.remove_rule("r")  # a reload changed the rule...
+    new = store.add_rule("r", owner="new runner")  # ...and a new runner took it over
+    old.publish(snapshot(["stale"]))
+    old.update(up=True)
+    old.record_error("query", "from the old query")
+    assert "r" not in store.snapshots()
+    assert store.health()["r"].up is False and store.health()["r"].errors == {}
+    new.publish(snapshot(["fresh"]))
+    assert store.snapshots()["r"].labels[0][0] == ("pod", "fresh")
+
+
+def test_an_older_snapshot_never_replaces_a_newer_one():
+    store = Store()
+    w = store.add_rule("r")
+    newer = snapshot(["a"])
+    w.publish(
+        RuleSnapshot(newer.labels, newer.score, newer.expected, newer.lower, newer.upper, timestamp=120.0)
+    )
+    w.publish(snapshot(["b"]))  # timestamp 0: built before the one above, published after it
+    assert store.snapshots()["r"].timestamp == 120.0

@@ -350,6 +350,11 @@ ERROR_CASES = [
         "prometheus.tls.insecure_skip_verify: must be true or false (got string)",
     ),
     (
+        "reserved label rule",
+        with_rule("labels: {rule: other}"),
+        "rules[0].labels.rule: the label `rule` is set by the exporter to the rule's name",
+    ),
+    (
         "sub-second step",
         with_rule("step: 500ms"),
         "rules[0].step: must be a whole number of seconds, at least 1s (got 500ms)",

@@ -109,3 +109,20 @@ def test_flags_follow_their_points_through_appends_and_compactions():
     f.merge(result([key(0), key(1)], 60 * 50, 1, fill=1.0))  # re-fetching a point keeps its flag
     w = f.window()
     assert w.flagged[1, w.timestamps == 60 * 50].all()
+
+
+def test_infinities_are_treated_as_missing():
+    f = SeriesFrame(step=60, capacity=10, max_series=2)
+    r = result([key(0)], 0, 3, fill=1.0)
+    r.values[0, 1] = np.inf
+    r.values[0, 2] = -np.inf
+    f.merge(r)
+    assert np.isnan(f.window().values[0, 1:]).all()
+
+
+def test_drop_absent_recent_frees_rows_of_series_silent_lately():
+    f = SeriesFrame(step=60, capacity=100, max_series=2)
+    f.merge(result([key(0), key(1)], 0, 10, fill=1.0))
+    f.merge(result([key(1)], 600, 10, fill=1.0))  # key 0 silent for the last 10 columns
+    assert f.drop_absent(recent=5) == 1
+    assert [k[1][1] for k in f.window().keys] == ["1"]

@@ -213,3 +213,35 @@ def test_series_that_appear_get_scored_once_warm_and_vanished_ones_disappear():
     runner.score_job()
     assert exported() == {"a", "b"}
     assert store.health()["web"].last_fit == clock.now
+
+
+class Replaced:
+    """4 pods until `switch`, then 4 new pods (a deploy) — at max_series=4."""
+
+    def __init__(self, switch):
+        self.switch = switch
+
+    def query_range(self, query, start, end, step, *, keep=None, series_hint=1):
+        ts = np.arange(int(start) // 60 * 60, int(end) // 60 * 60 + 1, 60, dtype=np.int64)
+        keys, rows = [], []
+        for gen, mask in (("old", ts < self.switch), ("new", ts >= self.switch)):
+            for i in range(4):
+                key = (("__name__", "m"), ("pod", f"{gen}-{i}"))
+                if mask.any() and (keep is None or keep(key)):
+                    keys.append(key)
+                    rows.append(np.where(mask, 5.0 + (np.arange(len(ts)) % 3), np.nan))
+        values = np.vstack(rows) if rows else np.empty((0, len(ts)))
+        return RangeResult(keys=keys, timestamps=ts, values=values, dropped=0, warnings=())
+
+
+def test_after_a_deploy_at_the_series_cap_the_new_series_take_the_old_ones_places():
+    clock = Clock(T0)
+    store = Store()
+    runner = RuleRunner(rule(query="m", max_series=4, history=86400), Replaced(T0 + 600), store, clock=clock)
+    runner.fit_job()
+    for minutes in range(2, 120, 2):
+        clock.now = T0 + 600 + 60 * minutes
+        runner.score_job()
+    h = store.health()["web"]
+    assert h.series == 4 and h.dropped == 0
+    assert {dict(lbl)["pod"] for lbl in store.snapshots()["web"].labels} == {f"new-{i}" for i in range(4)}

@@ -148,3 +148,32 @@ def test_vectorized_over_many_series_matches_one_by_one():
         alone = SeasonalBaseline().fit(Window([(("s", str(i)),)], t, x[i : i + 1]))
         assert alone.sigma_[0] == pytest.approx(together.sigma_[i])
         assert np.allclose(alone.profile_[0], together.profile_[i], equal_nan=True)
+
+
+@pytest.mark.parametrize("step", [1, 15, 35, 45, 60, 300, 420, 3600])
+def test_any_whole_second_step_fits_and_scores(step):
+    t = T0 + step * np.arange(int(3 * DAY / step), dtype=np.int64)
+    rng = np.random.default_rng(step)
+    x = (100 + 50 * np.sin(2 * np.pi * (t % DAY) / DAY) + rng.normal(0, 2, len(t)))[None, :]
+    model = SeasonalBaseline(seasonality="daily").fit(window(t[:-1], x[:, :-1]))
+    x[0, -1] += 60
+    assert scores(model, t, x, [len(t) - 1])[0, 0] >= 1
+
+
+@pytest.mark.parametrize("outlier", [1e6, 1e300])
+def test_one_huge_value_in_history_does_not_blind_a_mostly_flat_series(outlier):
+    t = T0 + STEP * np.arange(3 * 1440, dtype=np.int64)
+    rng = np.random.default_rng(7)
+    x = np.where(rng.random(len(t)) < 0.05, 1.0, 0.0)[None, :]  # an error count: mostly 0, sometimes 1
+    x[0, 1440] = outlier
+    model = SeasonalBaseline().fit(window(t[:-1], x[:, :-1]))
+    assert np.isfinite(model.scale_).all()
+    x[0, -1] = 20.0  # an incident now
+    assert scores(model, t, x, [len(t) - 1])[0, 0] >= 1
+
+
+def test_large_values_keep_full_precision():
+    t, x = make(days=3, base=1e10, amplitude=1e9, noise=4.0)
+    model = SeasonalBaseline().fit(window(t[: 2 * 1440], x[:, : 2 * 1440]))
+    s = scores(model, t, x, np.arange(2 * 1440, 3 * 1440))
+    assert np.nanmax(s) < 1.0

@@ -35,14 +35,32 @@ def nanmad(a: np.ndarray, center: np.ndarray | None = None) -> np.ndarray:
 def robust_sigma(a: np.ndarray) -> np.ndarray:
     """A standard-deviation estimate that a minority of outliers cannot inflate.
 
-    MAD-based; where MAD is 0 (mostly-constant or integer series) falls back to the mean absolute deviation
-    from the median, so a series that is flat except for rare steps still gets a finite, non-zero scale.
+    MAD-based. Where the MAD is 0 (a mostly-constant or integer series) it falls back to ever higher
+    quantiles of the absolute deviation (75th, 90th, 99th), each scaled to σ for normal data, so a series
+    that is flat except for rare steps still gets a finite, non-zero scale that one huge value can't blow up.
     """
     center = nanmedian(a)
     dev = np.abs(a - center[..., None])
     sigma = MAD_TO_SIGMA * nanmedian(dev)
-    count = (~np.isnan(dev)).sum(axis=-1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        # E|x - mu| = sigma * sqrt(2/pi) for normal data
-        mean_abs = 1.2533 * np.where(np.isnan(dev), 0.0, dev).sum(axis=-1) / count
-    return np.where(sigma > 0, sigma, mean_abs)
+    for q, z in ((0.75, 1.1503), (0.9, 1.6449), (0.99, 2.5758)):
+        sigma = np.where(sigma > 0, sigma, nanquantile(dev, q) / z)
+    return sigma
+
+
+def nanquantile(a: np.ndarray, q: float) -> np.ndarray:
+    """Quantile over the last axis ignoring NaN (linear interpolation); NaN where a row has no data.
+
+    >>> nanquantile(np.array([[1.0, 2.0, np.nan, 3.0, 5.0]]), 0.5).tolist()
+    [2.5]
+    """
+    s = np.sort(a, axis=-1)
+    count = (~np.isnan(s)).sum(axis=-1)
+    pos = q * np.clip(count - 1, 0, None)
+    lo = np.floor(pos).astype(np.int64)[..., None]
+    hi = np.ceil(pos).astype(np.int64)[..., None]
+    frac = (pos - np.floor(pos))
+    with np.errstate(invalid="ignore"):
+        low = np.take_along_axis(s, lo, axis=-1)[..., 0]
+        high = np.take_along_axis(s, hi, axis=-1)[..., 0]
+        out = low + frac * (high - low)
+    return np.where(count > 0, out, np.nan)

@@ -13,13 +13,15 @@ from typing import Self
 import numpy as np
 
 from exporter.detectors.base import Detector, Prediction
-from exporter.detectors.robust import nanmedian, robust_sigma
+from exporter.detectors.robust import MAD_TO_SIGMA, nanmedian, nanquantile, robust_sigma
 from exporter.frame import Window
 
 DAY = 86400
 WEEK = 7 * DAY
 PERIODS = {"none": 0, "daily": DAY, "weekly": WEEK}
 _CHUNK_CELLS = 4_000_000  # series rows × columns processed at once, to bound peak memory while fitting
+SCALE_SLOT = 3600  # the noise level is learned per hour of the day (or week): busy hours are noisier
+TAIL_Q, TAIL_Z = 0.99, 2.576  # the 99th percentile of |residual| is 2.576 σ for normal noise
 
 
 class SeasonalBaseline(Detector):
@@ -56,12 +58,14 @@ class SeasonalBaseline(Detector):
         step = window.step or 1
         n, n_t = window.values.shape
         self.step_ = step
-        self.bucket_ = max(step, round(self.bucket / step) * step)
+        self.bucket_ = _bucket(step, self.bucket)
         self.level_cols_ = max(1, round(self.level_window / step))
         candidates = self._candidates(n_t * step)
         self.slot_period_ = max(candidates) or self.bucket_  # profile storage covers the longest period
         n_slots = self.slot_period_ // self.bucket_
-        self.profile_ = np.full((n, n_slots), np.nan, dtype=np.float32)
+        self.profile_ = np.full((n, n_slots), np.nan)  # float64: a 1e10 gauge with noise 4 needs it
+        self.scale_period_ = self.slot_period_ if self.slot_period_ in (DAY, WEEK) else 0
+        self.scale_ = np.full((n, max(1, self.scale_period_ // SCALE_SLOT)), np.nan)
         self.sigma_ = np.full(n, np.nan)
         self.level_ = np.full(n, np.nan)
         self.period_ = np.zeros(n, dtype=np.int64)
@@ -71,6 +75,7 @@ class SeasonalBaseline(Detector):
         counts = (~np.isnan(window.values)).sum(axis=1)
         warm = counts * step >= self.min_history
         self.sigma_[~warm] = np.nan  # not enough history yet: unknown, never "normal"
+        self.scale_[~warm] = np.nan
         self.keys_ = {key: i for i, key in enumerate(window.keys)}
         return self
 
@@ -106,6 +111,29 @@ class SeasonalBaseline(Detector):
             best_sigma = sigma if best_sigma is None else np.where(better, sigma, best_sigma)
         floor = 1e-9 + 1e-9 * np.abs(np.nan_to_num(self.level_[rows]))
         self.sigma_[rows] = np.maximum(self.sigma_[rows], floor)
+        self.scale_[rows] = self._scale(x, t, self.profile_[rows], self.sigma_[rows])
+
+    def _scale(self, x: np.ndarray, t: np.ndarray, profile: np.ndarray, sigma: np.ndarray) -> np.ndarray:
+        """Noise scale per series and hour slot: robust σ of the residual in that hour of the day/week
+        (at least half the series-wide σ), inflated where the residual's tail is heavier than normal so
+        a burst-prone series does not page on its ordinary bursts."""
+        deseason = x - profile[:, self._slots(t, self.slot_period_)]
+        resid = deseason - self._block_level(deseason)
+        n_scale = max(1, self.scale_period_ // SCALE_SLOT)
+        hour = self._hours(t)
+        cube, valid = _cube(resid, hour, n_scale)
+        center = nanmedian(cube)
+        slot_sigma = MAD_TO_SIGMA * nanmedian(np.abs(cube - center[..., None]))
+        slot_sigma = np.where((valid >= 10) & (slot_sigma > 0), slot_sigma, sigma[:, None])
+        slot_sigma = np.maximum(slot_sigma, 0.5 * sigma[:, None])
+        tail = nanquantile(np.abs(resid) / slot_sigma[:, hour], TAIL_Q) / TAIL_Z
+        return slot_sigma * np.fmax(tail, 1.0)[:, None]
+
+    def _hours(self, t: np.ndarray) -> np.ndarray:
+        """Scale slot (hour of the day or week) of each timestamp."""
+        if not self.scale_period_:
+            return np.zeros(len(t), dtype=np.int64)
+        return (t % self.scale_period_) // SCALE_SLOT
 
     def _slots(self, t: np.ndarray, period: int) -> np.ndarray:
         if period == 0:
@@ -116,43 +144,35 @@ class SeasonalBaseline(Detector):
         """Per-slot medians, shape (series, slots); slots with under 2 samples take the series median."""
         slots = self._slots(t, period)
         n_slots = max(1, period // self.bucket_) if period else 1
-        order = np.argsort(slots, kind="stable")
-        counts = np.bincount(slots, minlength=n_slots)
-        width = int(counts.max()) if len(counts) else 0
-        # index matrix (slot, sample) into x's columns; -1 padding points at an all-NaN extra column
-        idx = np.full((n_slots, max(width, 1)), -1, dtype=np.int64)
-        starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-        within = np.arange(len(order)) - np.repeat(starts, counts)
-        idx[slots[order], within] = order
-        padded = np.concatenate([x, np.full((x.shape[0], 1), np.nan)], axis=1)
-        cube = padded[:, idx]
-        valid = (~np.isnan(cube)).sum(axis=-1)
+        cube, valid = _cube(x, slots, n_slots)
         prof = nanmedian(cube)
         overall = nanmedian(x)
         return np.where(valid >= 2, prof, overall[:, None])
 
     def _block_level(self, deseason: np.ndarray) -> np.ndarray:
-        """Median of each block of `level_cols_` columns, broadcast back: the level residuals start from."""
+        """Per point, the median of the previous block of `level_cols_` columns (the first block uses its
+        own): a level known before the point, like the trailing level used live, at a fraction of its cost."""
         n, n_t = deseason.shape
         w = min(self.level_cols_, n_t)
         head = n_t % w
-        out = np.empty_like(deseason)
-        if head:
-            out[:, :head] = nanmedian(deseason[:, :head])[:, None]
-        blocks = deseason[:, head:].reshape(n, -1, w)
-        out[:, head:] = np.repeat(nanmedian(blocks), w, axis=1)
-        return out
+        medians = [nanmedian(deseason[:, :head])[:, None]] if head else []
+        if n_t > head:
+            medians.append(nanmedian(deseason[:, head:].reshape(n, -1, w)))
+        blocks = np.concatenate(medians, axis=1)  # one column per block, oldest first
+        lagged = np.concatenate([blocks[:, :1], blocks[:, :-1]], axis=1)
+        lagged = np.where(np.isnan(lagged), blocks, lagged)
+        widths = ([head] if head else []) + [w] * ((n_t - head) // w)
+        return np.repeat(lagged, widths, axis=1)
 
     def insample_z(self, window: Window) -> np.ndarray:
-        """Residuals of the training window in robust standard deviations, from the fitted profile and
-        block levels (cheap: no trailing median per column). Rows as in `window`; NaN = no data / unknown.
+        """Residuals of the training window in units of the learned scale, from the fitted profile and
+        lagged block levels (cheap: no trailing median per column). Rows as in `window`; NaN = unknown.
         """
         rows = self._fitted_rows(window.keys)
         r = np.where(rows >= 0, rows, 0)
         t = window.timestamps
-        slot_of = self._slots(t, self.slot_period_) if self.slot_period_ else np.zeros(len(t), np.int64)
-        deseason = window.values - self.profile_[r][:, slot_of]
-        z = (deseason - self._block_level(deseason)) / self.sigma_[r][:, None]
+        deseason = window.values - self.profile_[r][:, self._slots(t, self.slot_period_)]
+        z = (deseason - self._block_level(deseason)) / self.scale_[r][:, self._hours(t)]
         z[rows < 0] = np.nan
         return z
 
@@ -178,7 +198,31 @@ class SeasonalBaseline(Detector):
             enough = (~np.isnan(trailing)).sum(axis=1) >= max(1, (b - a) // 4)
             level[:, i] = np.where(enough, nanmedian(trailing) if b > a else np.nan, self.level_[r])
         expected = self.profile_[r][:, slot_of[columns]] + level
-        scale = np.repeat(self.sigma_[r][:, None], k, axis=1)
+        scale = self.scale_[r][:, self._hours(t[columns])]
         expected[~known] = np.nan
         scale[~known] = np.nan
         return Prediction(expected=expected, scale=scale)
+
+
+def _cube(x: np.ndarray, slots: np.ndarray, n_slots: int) -> tuple[np.ndarray, np.ndarray]:
+    """Group columns by slot: a (series, slot, sample) cube padded with NaN, and the valid count per cell."""
+    order = np.argsort(slots, kind="stable")
+    counts = np.bincount(slots, minlength=n_slots)
+    width = int(counts.max()) if len(counts) else 0
+    # index matrix (slot, sample) into x's columns; -1 padding points at an all-NaN extra column
+    idx = np.full((n_slots, max(width, 1)), -1, dtype=np.int64)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    within = np.arange(len(order)) - np.repeat(starts, counts)
+    idx[slots[order], within] = order
+    padded = np.concatenate([x, np.full((x.shape[0], 1), np.nan)], axis=1)
+    cube = padded[:, idx]
+    return cube, (~np.isnan(cube)).sum(axis=-1)
+
+
+def _bucket(step: int, wanted: float) -> int:
+    """Profile slot width: a divisor of a day (so slots line up with days and weeks) near `wanted`
+    seconds, and at least one step."""
+    target = max(step, wanted)
+    if target >= DAY:
+        return int(target)
+    return min(d for d in range(1, DAY + 1) if DAY % d == 0 and d >= target)
