@@ -11,11 +11,12 @@ from dataclasses import replace
 import numpy as np
 
 from exporter.config import RuleConfig
-from exporter.detectors import Detector, build_detector
+from exporter.detectors import Detector, IsolationForestDetector, build_detector
 from exporter.frame import Window
 from exporter.postprocess import Scored, calibrate
 
 MAX_EXCLUDED_SHARE = 0.25  # beyond this, a series' flagged points are a new normal, not anomalies to hide
+FOREST_RETRAIN = 86400  # a pooled IsolationForest is refitted daily; the baseline under it every `retrain`
 
 
 class RuleModel:
@@ -38,7 +39,17 @@ class RuleModel:
             hide = flagged & (share <= MAX_EXCLUDED_SHARE)[:, None]
             training = replace(window, values=np.where(hide, np.nan, window.values))
         fitted = RuleModel(self.rule)
-        fitted.detector = build_detector(self.rule.model).fit(training)
+        detector = build_detector(self.rule.model)
+        previous = self.detector
+        if (
+            isinstance(detector, IsolationForestDetector)
+            and isinstance(previous, IsolationForestDetector)
+            and len(window.timestamps)
+            and int(window.timestamps[-1]) - previous.forest_time_ < FOREST_RETRAIN
+        ):
+            fitted.detector = detector.fit(training, reuse=previous)
+        else:
+            fitted.detector = detector.fit(training)
         return fitted
 
     def score(self, window: Window, columns: np.ndarray) -> Scored:

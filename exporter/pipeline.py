@@ -99,7 +99,7 @@ class RuleRunner:
                 with self._frame_lock:
                     self._frame.drop_absent()
                     window = self._frame.window(copy=True)
-                self._model = RuleModel(self.rule).fit(window)
+                self._model = (self._model or RuleModel(self.rule)).fit(window)
             self._out.update(ready=True, last_fit=self._clock())
             self._score()
         except Exception:  # already logged and counted by _stage

@@ -69,6 +69,11 @@ class IsolationForestDetector(Detector):
         sampled (fixed seed: the same data gives the same scores).
     """
 
+    forests_: list[IsolationForest | None]
+    forest_time_: int
+    center_: np.ndarray
+    threshold_: np.ndarray
+
     def __init__(
         self,
         baseline: SeasonalBaseline | None = None,
@@ -89,18 +94,28 @@ class IsolationForestDetector(Detector):
         self.train_rows = train_rows
         self.random_state = random_state
 
-    def fit(self, window: Window) -> Self:
+    def fit(self, window: Window, reuse: IsolationForestDetector | None = None) -> Self:
+        """Fit the baseline, then the forest — or, with `reuse` (a fitted pooled detector), keep its forest
+        and calibration and refit only the cheap baseline: the forest judges residual shapes, which change
+        far more slowly than levels and profiles."""
         base = self.baseline if self.baseline is not None else SeasonalBaseline()
         self.baseline_ = base.fit(window)
         self.keys_ = self.baseline_.keys_
+        n = len(window.keys)
+        if reuse is not None and not self.per_series and not reuse.per_series:
+            self.forests_ = reuse.forests_
+            self.forest_time_ = reuse.forest_time_
+            self.center_ = np.full(n, reuse.center_[0] if len(reuse.center_) else np.nan)
+            self.threshold_ = np.full(n, reuse.threshold_[0] if len(reuse.threshold_) else np.nan)
+            return self
+        self.forest_time_ = int(window.timestamps[-1]) if len(window.timestamps) else 0
         z = self.baseline_.insample_z(window)
         feats = features(z, window.timestamps, self.windows)
-        n = len(window.keys)
         rng = np.random.default_rng(self.random_state)
         self.center_ = np.full(n, np.nan)
         self.threshold_ = np.full(n, np.nan)
         if self.per_series:
-            self.forests_: list[IsolationForest | None] = []
+            self.forests_ = []
             for i in range(n):
                 forest, center, thr = self._fit_rows(feats[i], rng, self.train_rows)
                 self.forests_.append(forest)

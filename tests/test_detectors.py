@@ -1,0 +1,123 @@
+"""Every detector, through RuleModel (detector + calibration), on synthetic series with injected anomalies."""
+
+import numpy as np
+import pytest
+
+from exporter.config import ModelConfig, RuleConfig
+from exporter.detectors import IsolationForestDetector, RobustZScore, SeasonalBaseline
+from exporter.frame import Window
+from exporter.model import RuleModel
+
+DAY = 86400
+T0 = 1_750_000_000 // DAY * DAY
+MODELS = ["seasonal", "iforest", "mad"]
+
+
+def series(n=3, days=4, seed=0, season=True):
+    rng = np.random.default_rng(seed)
+    t = T0 + 60 * np.arange(days * 1440, dtype=np.int64)
+    base = 100 + (40 * np.sin(2 * np.pi * (t % DAY) / DAY) if season else 0)
+    return t, base + rng.normal(0, 2, (n, len(t)))
+
+
+def fit_score(model, t, x, train_upto, cols, **rule_kw):
+    keys = [(("s", str(i)),) for i in range(len(x))]
+    rule = RuleConfig(name="r", query="-", model=ModelConfig(type=model), **rule_kw)
+    fitted = RuleModel(rule).fit(Window(keys, t[:train_upto], x[:, :train_upto]))
+    return fitted.score(Window(keys, t, x), np.asarray(cols))
+
+
+@pytest.mark.parametrize("model", MODELS)
+@pytest.mark.parametrize(
+    ("kind", "inject"),
+    [
+        ("spike", lambda x: x.__setitem__((0, slice(-3, None)), x[0, -3:] + 60)),
+        ("drop to zero", lambda x: x.__setitem__((0, slice(-3, None)), 0.0)),
+    ],
+)
+def test_injected_anomaly_reaches_one_and_others_stay_normal(model, kind, inject):
+    t, x = series(season=model != "mad")
+    inject(x)
+    s = fit_score(model, t, x, len(t) - 120, np.arange(len(t) - 3, len(t))).score
+    assert (s[0] >= 1).all(), (model, kind, s[0])
+    assert (s[1:] < 1).all(), (model, kind, s[1:])
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_nan_gaps_flat_and_short_series(model):
+    t, x = series(n=4)
+    x[0, ::3] = np.nan  # a third of the points missing
+    x[1, -200:-100] = np.nan  # a gap just before now
+    x[2] = 7.0  # flat
+    x[3, : len(t) - 30] = np.nan  # only 30 minutes of data: warm-up
+    s = fit_score(model, t, x, len(t) - 10, np.arange(len(t) - 10, len(t)))
+    assert not np.isnan(s.score[0, ~np.isnan(x[0, -10:])]).any()
+    assert np.isnan(s.score[0, np.isnan(x[0, -10:])]).all()  # no value: no score (never 0)
+    assert (s.score[2] == 0).all() if model != "iforest" else (s.score[2] < 0.5).all()  # flat: as expected
+    assert np.isnan(s.score[3]).all() and np.isnan(s.upper[3]).all()  # unknown, not normal
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_same_data_same_scores(model):
+    t, x = series()
+    a = fit_score(model, t, x, len(t) - 60, np.arange(len(t) - 60, len(t))).score
+    b = fit_score(model, t, x, len(t) - 60, np.arange(len(t) - 60, len(t))).score
+    assert np.array_equal(a, b, equal_nan=True)
+
+
+def test_iforest_sees_a_burst_of_moderate_deviations_the_band_misses():
+    """A variance change: each point stays near the band, the recent context is what is unusual."""
+    t, x = series(n=2, days=5, seed=3)
+    rng = np.random.default_rng(9)
+    x[0, -30:] = x[0, -60:-30] + rng.choice([-1, 1], 30) * 6.5  # ±3.2σ swings, 30 minutes long
+    band = fit_score("seasonal", t, x, len(t) - 60, np.arange(len(t) - 30, len(t))).score
+    forest = fit_score("iforest", t, x, len(t) - 60, np.arange(len(t) - 30, len(t))).score
+    assert (band[0] >= 1).sum() < (forest[0] >= 1).sum()
+    assert (forest[1] < 1).all()
+
+
+def test_iforest_scores_a_series_it_has_never_seen_without_a_refit():
+    t, x = series(n=3)
+    keys = [(("s", str(i)),) for i in range(3)]
+    rule = RuleConfig(name="r", query="-", model=ModelConfig(type="iforest"))
+    fitted = RuleModel(rule).fit(Window(keys[:2], t, x[:2]))
+    p = fitted.detector.predict(Window(keys, t, x), np.array([len(t) - 1]))
+    assert np.isnan(p.expected[2, 0])  # the baseline needs the series' own history...
+    assert isinstance(fitted.detector, IsolationForestDetector)
+
+
+def test_per_series_forests_option():
+    t, x = series(n=2)
+    x[0, -3:] += 60
+    rule = RuleConfig(name="r", query="-", model=ModelConfig(type="iforest", per_series=True))
+    keys = [(("s", str(i)),) for i in range(2)]
+    fitted = RuleModel(rule).fit(Window(keys, t[:-60], x[:, :-60]))
+    assert len(fitted.detector.forests_) == 2
+    s = fitted.score(Window(keys, t, x), np.arange(len(t) - 3, len(t))).score
+    assert (s[0] >= 1).all() and (s[1] < 1).all()
+
+
+def test_anomalies_judged_earlier_are_kept_out_of_the_next_fit():
+    t, x = series(n=1, days=3)
+    x[0, -600:-300] = 0  # a five-hour outage, flagged as it was scored
+    flagged = np.zeros_like(x, dtype=bool)
+    flagged[0, -600:-300] = True
+    keys = [(("s", "0"),)]
+    rule = RuleConfig(name="r", query="-")
+    with_flags = RuleModel(rule).fit(Window(keys, t, x, flagged))
+    without = RuleModel(replace_model(rule, exclude_anomalies=False)).fit(Window(keys, t, x, flagged))
+    assert with_flags.detector.scale_.max() < without.detector.scale_.max()
+
+
+def replace_model(rule, **kw):
+    from dataclasses import replace
+
+    return replace(rule, model=replace(rule.model, **kw))
+
+
+def test_detectors_follow_scikit_learn_conventions():
+    for det in (SeasonalBaseline(), RobustZScore(), IsolationForestDetector()):
+        assert not [k for k in vars(det) if k.endswith("_")]  # nothing learned before fit
+    t, x = series(n=1, days=2)
+    w = Window([(("s", "0"),)], t, x)
+    assert SeasonalBaseline().fit(w).keys_  # fit returns self
