@@ -100,14 +100,14 @@ class RuleConfig:
     retrain: float = 3600.0  # seconds between refits
     history: float = 7 * 86400.0  # seconds of history kept and fitted on
     step: float = 60.0  # seconds, resolution of the range queries
-    threshold: float = 4.0  # distance from expected, in robust standard deviations, where anomaly_score = 1
+    threshold: float = 5.0  # distance from expected, in robust standard deviations, where anomaly_score = 1
     direction: str = "both"  # up | down | both
     min_abs_deviation: float = 0.0  # deviations smaller than this never reach score 1
     min_rel_deviation: float = 0.0  # same, as a fraction of |expected|
     labels: Mapping[str, str] = field(default_factory=_frozen_map)  # extra labels on every exported series
     max_series: int = 1000  # series beyond this are dropped (with a warning and a metric)
-    alert_for: float = 0.0  # `for:` seconds the score must stay >= 1 before an alert fires
-    keep_firing_for: float = 0.0  # seconds a firing alert keeps firing after the score drops below 1
+    alert_for: float = 60.0  # `for:` seconds the score must stay >= 1 before an alert fires
+    keep_firing_for: float = 600.0  # seconds a firing alert keeps firing after the score drops below 1
     model: ModelConfig = field(default_factory=ModelConfig)
     receivers: tuple[str, ...] = ()  # names from the top-level `receivers:` section
 
