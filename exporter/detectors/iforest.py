@@ -18,7 +18,7 @@ from exporter.detectors.base import Detector, Prediction
 from exporter.detectors.seasonal import SeasonalBaseline
 from exporter.frame import Window
 
-DAY, WEEK = 86400, 7 * 86400
+DAY = 86400
 
 
 def _trailing(z: np.ndarray, w: int) -> tuple[np.ndarray, np.ndarray]:
@@ -41,7 +41,7 @@ def _trailing(z: np.ndarray, w: int) -> tuple[np.ndarray, np.ndarray]:
 
 def features(z: np.ndarray, t: np.ndarray, windows: tuple[int, ...]) -> np.ndarray:
     """Per (series, column) feature vectors, shape (n, T, F): the residual, its trailing means and spreads,
-    its change since the previous point, and the position in the day and week."""
+    its change since the previous point, and the time of day."""
     n, n_t = z.shape
     cols = [np.clip(z, -50, 50)]
     for w in windows:
@@ -50,9 +50,10 @@ def features(z: np.ndarray, t: np.ndarray, windows: tuple[int, ...]) -> np.ndarr
     diff = np.full_like(z, np.nan)
     diff[:, 1:] = z[:, 1:] - z[:, :-1]
     cols.append(np.clip(diff, -50, 50))
-    for period in (DAY, WEEK):
-        angle = 2 * np.pi * (t % period) / period
-        cols += [np.broadcast_to(np.sin(angle), (n, n_t)), np.broadcast_to(np.cos(angle), (n, n_t))]
+    # Time of day only: a forest trained on recent days has never seen most positions in the week, and
+    # would call every new weekday anomalous.
+    angle = 2 * np.pi * (t % DAY) / DAY
+    cols += [np.broadcast_to(np.sin(angle), (n, n_t)), np.broadcast_to(np.cos(angle), (n, n_t))]
     return np.stack(cols, axis=-1)
 
 
@@ -109,8 +110,14 @@ class IsolationForestDetector(Detector):
             self.threshold_ = np.full(n, reuse.threshold_[0] if len(reuse.threshold_) else np.nan)
             return self
         self.forest_time_ = int(window.timestamps[-1]) if len(window.timestamps) else 0
-        z = self.baseline_.insample_z(window)
-        feats = features(z, window.timestamps, self.windows)
+        # Train and calibrate on residuals computed exactly as they will be when scoring (trailing level,
+        # per-hour scale) over the last day of the window, so score 1 really is the `contamination` quantile.
+        n_t = len(window.timestamps)
+        ctx = max(self.windows)
+        span = np.arange(max(0, n_t - ctx - DAY // max(1, window.step)), n_t)
+        p = self.baseline_.predict(window, span)
+        z = (window.values[:, span] - p.expected) / p.scale
+        feats = features(z, window.timestamps[span], self.windows)[:, ctx:]
         rng = np.random.default_rng(self.random_state)
         self.center_ = np.full(n, np.nan)
         self.threshold_ = np.full(n, np.nan)

@@ -164,18 +164,6 @@ class SeasonalBaseline(Detector):
         widths = ([head] if head else []) + [w] * ((n_t - head) // w)
         return np.repeat(lagged, widths, axis=1)
 
-    def insample_z(self, window: Window) -> np.ndarray:
-        """Residuals of the training window in units of the learned scale, from the fitted profile and
-        lagged block levels (cheap: no trailing median per column). Rows as in `window`; NaN = unknown.
-        """
-        rows = self._fitted_rows(window.keys)
-        r = np.where(rows >= 0, rows, 0)
-        t = window.timestamps
-        deseason = window.values - self.profile_[r][:, self._slots(t, self.slot_period_)]
-        z = (deseason - self._block_level(deseason)) / self.scale_[r][:, self._hours(t)]
-        z[rows < 0] = np.nan
-        return z
-
     # -- prediction ------------------------------------------------------------------------------
     def predict(self, window: Window, columns: np.ndarray) -> Prediction:
         rows = self._fitted_rows(window.keys)
