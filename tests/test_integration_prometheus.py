@@ -6,7 +6,9 @@ and recovers on its own; and runs a rule with bad PromQL next to the good ones.
 
 from __future__ import annotations
 
+import csv
 import os
+import re
 import subprocess
 import sys
 import time
@@ -199,3 +201,27 @@ def test_scores_reach_prometheus_and_flag_the_injected_anomalies(tmp_path, expor
 
         # 5. Our exposition passes Prometheus' own linter.
         assert promtool_check_metrics(text) == ""
+
+
+def test_backtest_against_prometheus_scores_every_series_of_the_rule(tmp_path):
+    require_binary("prometheus")
+    from exporter.cli import main
+
+    end = int(time.time()) // STEP * STEP - STEP
+    series, verdict = synthetic_series(end)
+    backfill(write_openmetrics(tmp_path / "history.om", series), tmp_path / "tsdb")
+    with PrometheusServer(tmp_path / "tsdb") as prom:
+        rules = tmp_path / "rules.yaml"
+        write_rules(rules, prom.url)
+        out = tmp_path / "scored.csv"
+        start = end - 6 * 3600
+        args = ["backtest", "--config", str(rules), "--rule", "requests", "--start", str(start)]
+        assert main([*args, "--end", str(end), "--output", str(out), "--quiet"]) == 0
+    with out.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == ["series", "timestamp", "value", "score", "expected", "lower", "upper", "alert"]
+    assert len(rows) == 6 * (6 * 60 + 1)  # every series of the rule, every minute of the range
+    last = {re.search(r'instance="(\w+)"', r["series"]).group(1): r for r in rows}  # the newest row wins
+    assert set(last) == set(verdict)
+    for name, kind in verdict.items():
+        assert (float(last[name]["score"]) >= 1) == (kind == "anomalous"), (name, last[name])
