@@ -100,7 +100,7 @@ class RuleConfig:
     retrain: float = 3600.0  # seconds between refits
     history: float = 7 * 86400.0  # seconds of history kept and fitted on
     step: float = 60.0  # seconds, resolution of the range queries
-    threshold: float = 5.0  # distance from expected, in robust standard deviations, where anomaly_score = 1
+    threshold: float = 4.0  # distance from expected, in robust standard deviations, where anomaly_score = 1
     direction: str = "both"  # up | down | both
     min_abs_deviation: float = 0.0  # deviations smaller than this never reach score 1
     min_rel_deviation: float = 0.0  # same, as a fraction of |expected|

@@ -222,7 +222,7 @@ RULE_SETTINGS = (
         "threshold",
         "number",
         "Deviation from the expected value, in robust standard deviations, at which anomaly_score reaches 1.",
-        default=5,
+        default=4,
         exclusive_minimum=0,
     ),
     Field(

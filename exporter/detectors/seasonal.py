@@ -8,6 +8,7 @@ to flat series (the scale falls back to the mean absolute deviation, then to a t
 
 from __future__ import annotations
 
+from statistics import NormalDist
 from typing import Self
 
 import numpy as np
@@ -126,7 +127,8 @@ class SeasonalBaseline(Detector):
         slot_sigma = MAD_TO_SIGMA * nanmedian(np.abs(cube - center[..., None]))
         slot_sigma = np.where((valid >= 10) & (slot_sigma > 0), slot_sigma, sigma[:, None])
         slot_sigma = np.maximum(slot_sigma, 0.5 * sigma[:, None])
-        tail = nanquantile(np.abs(resid) / slot_sigma[:, hour], TAIL_Q) / TAIL_Z
+        ratio = np.abs(resid) / slot_sigma[:, hour]
+        tail = np.fmax(nanquantile(ratio, TAIL_Q) / TAIL_Z, _typical_daily_max(ratio, t, self.step_))
         return slot_sigma * np.fmax(tail, 1.0)[:, None]
 
     def _hours(self, t: np.ndarray) -> np.ndarray:
@@ -214,3 +216,28 @@ def _bucket(step: int, wanted: float) -> int:
     if target >= DAY:
         return int(target)
     return min(d for d in range(1, DAY + 1) if DAY % d == 0 and d >= target)
+
+
+def _typical_daily_max(ratio: np.ndarray, t: np.ndarray, step: int) -> np.ndarray:
+    """How much larger the typical day's largest |residual| is than normal noise would make it.
+
+    Bursts that recur most days (a load balancer's spikes, a nightly job) are normal for the series, so
+    they should widen its band; one incident in the history shouldn't, hence the median over days. Needs
+    three days with data; 1.0 (no widening) otherwise.
+    """
+    per_day = DAY // max(1, step)
+    if per_day < 2:
+        return np.ones(ratio.shape[0])
+    day = (t - t[0]) // DAY
+    n_days = int(day[-1]) + 1 if len(day) else 0
+    if n_days < 3:
+        return np.ones(ratio.shape[0])
+    cube, valid = _cube(ratio, day, n_days)
+    daily_max = np.where(
+        valid >= per_day // 2, np.nanmax(np.where(np.isnan(cube), -np.inf, cube), axis=-1), np.nan
+    )
+    typical = nanmedian(daily_max)
+    expected = NormalDist().inv_cdf(
+        1.0 - 1.0 / (2.0 * per_day)
+    )  # the usual max of |z| over a day of normal noise
+    return np.where(np.isnan(typical), 1.0, typical / expected)
