@@ -25,13 +25,6 @@ def nanmedian(a: np.ndarray) -> np.ndarray:
     return np.where(count > 0, med, np.nan)
 
 
-def nanmad(a: np.ndarray, center: np.ndarray | None = None) -> np.ndarray:
-    """Median absolute deviation over the last axis (not scaled), ignoring NaN."""
-    if center is None:
-        center = nanmedian(a)
-    return nanmedian(np.abs(a - center[..., None]))
-
-
 def robust_sigma(a: np.ndarray) -> np.ndarray:
     """A standard-deviation estimate that a minority of outliers cannot inflate.
 
