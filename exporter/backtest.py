@@ -100,7 +100,7 @@ def read_csv(path: str | Path) -> tuple[np.ndarray, np.ndarray, int]:
     if pd.api.types.is_numeric_dtype(raw):
         seconds = raw.to_numpy(dtype=np.float64)
     else:
-        parsed = pd.to_datetime(raw, utc=True, errors="coerce")
+        parsed = pd.to_datetime(raw, utc=True, errors="coerce", format="ISO8601")
         if parsed.isna().any():
             bad = raw[parsed.isna()].iloc[0]
             raise ValueError(f"{path}: unparseable timestamp {bad!r}")
