@@ -153,30 +153,31 @@ class IsolationForestDetector(Detector):
 
     def predict(self, window: Window, columns: np.ndarray) -> Prediction:
         columns = np.asarray(columns, dtype=np.int64)
-        base = self.baseline_.predict(window, columns)
         rows = self._fitted_rows(window.keys)
-        n, k = base.expected.shape
+        n, k = len(window.keys), len(columns)
+        if k == 0:
+            return self.baseline_.predict(window, columns)
+        # one baseline prediction over the asked columns and the trailing context their features need
+        ctx = max(self.windows)
+        lo = max(0, int(columns.min()) - ctx + 1)
+        span = np.arange(lo, int(columns.max()) + 1)
+        p = self.baseline_.predict(window, span)
+        z = (window.values[:, span] - p.expected) / p.scale
+        feats = features(z, window.timestamps[span], self.windows)[:, columns - lo]
         raw = np.full((n, k), np.nan)
-        if k:
-            # residuals of the trailing context the features need, then features for the asked columns
-            ctx = max(self.windows)
-            lo = max(0, int(columns.min()) - ctx + 1)
-            span = np.arange(lo, int(columns.max()) + 1)
-            p = self.baseline_.predict(window, span)
-            z = (window.values[:, span] - p.expected) / p.scale
-            feats = features(z, window.timestamps[span], self.windows)[:, columns - lo]
-            for i, forest in enumerate(self.forests_):
-                if forest is None:
-                    continue
-                which = np.arange(n) if not self.per_series else np.flatnonzero(rows == i)
-                block = feats[which].reshape(-1, feats.shape[-1])
-                ok = np.isfinite(block).all(axis=1)
-                scores = np.full(len(block), np.nan)
-                if ok.any():
-                    scores[ok] = -forest.score_samples(block[ok])
-                raw[which] = scores.reshape(len(which), k)
+        for i, forest in enumerate(self.forests_):
+            if forest is None:
+                continue
+            which = np.arange(n) if not self.per_series else np.flatnonzero(rows == i)
+            block = feats[which].reshape(-1, feats.shape[-1])
+            ok = np.isfinite(block).all(axis=1)
+            scores = np.full(len(block), np.nan)
+            if ok.any():
+                scores[ok] = -forest.score_samples(block[ok])
+            raw[which] = scores.reshape(len(which), k)
+        expected, scale = p.expected[:, columns - lo], p.scale[:, columns - lo]
         known = rows >= 0
         r = np.where(known, rows, 0)
         center = np.where(known, self.center_[r], np.nan)
         threshold = np.where(known, self.threshold_[r], np.nan)
-        return Prediction(base.expected, base.scale, raw=raw, raw_center=center, raw_threshold=threshold)
+        return Prediction(expected, scale, raw=raw, raw_center=center, raw_threshold=threshold)
