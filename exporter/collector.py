@@ -29,6 +29,32 @@ SERIES_GAUGES = (
 )
 
 
+RULE_GAUGES = (  # per-rule health gauges: (name, HELP, RuleHealth attribute)
+    ("anomaly_exporter_rule_up", "1 if the rule's last scoring cycle succeeded.", "up"),
+    (
+        "anomaly_exporter_rule_ready",
+        "1 once the rule finished its first fit (or reported an error).",
+        "ready",
+    ),
+    (
+        "anomaly_exporter_last_success_timestamp_seconds",
+        "Unix time of the rule's last successful scoring cycle.",
+        "last_success",
+    ),
+    (
+        "anomaly_exporter_last_fit_timestamp_seconds",
+        "Unix time of the rule's last successful fit.",
+        "last_fit",
+    ),
+    ("anomaly_exporter_series", "Series tracked for the rule (at most its max_series).", "series"),
+    (
+        "anomaly_exporter_series_dropped",
+        "Series the rule's newest query returned beyond max_series and that were left out.",
+        "dropped",
+    ),
+)
+
+
 class AnomalyCollector(Collector):
     """Exports per-series anomaly gauges plus the exporter's own health metrics from a Store."""
 
@@ -49,34 +75,7 @@ class AnomalyCollector(Collector):
 
     def _health_metrics(self) -> Iterator[Metric]:
         health = self._store.health()
-        up = GaugeMetricFamily(
-            "anomaly_exporter_rule_up", "1 if the rule's last scoring cycle succeeded.", labels=["rule"]
-        )
-        ready = GaugeMetricFamily(
-            "anomaly_exporter_rule_ready",
-            "1 once the rule finished its first fit (or reported an error).",
-            labels=["rule"],
-        )
-        success = GaugeMetricFamily(
-            "anomaly_exporter_last_success_timestamp_seconds",
-            "Unix time of the rule's last successful scoring cycle.",
-            labels=["rule"],
-        )
-        fitted = GaugeMetricFamily(
-            "anomaly_exporter_last_fit_timestamp_seconds",
-            "Unix time of the rule's last successful fit.",
-            labels=["rule"],
-        )
-        series = GaugeMetricFamily(
-            "anomaly_exporter_series",
-            "Series tracked for the rule (at most its max_series).",
-            labels=["rule"],
-        )
-        dropped = GaugeMetricFamily(
-            "anomaly_exporter_series_dropped",
-            "Series the rule's newest query returned beyond max_series and that were left out.",
-            labels=["rule"],
-        )
+        per_rule = [(GaugeMetricFamily(name, doc, labels=["rule"]), attr) for name, doc, attr in RULE_GAUGES]
         durations = GaugeMetricFamily(
             "anomaly_exporter_stage_duration_seconds",
             "Wall time of the last run of a stage (query, fit, score) of a rule.",
@@ -86,19 +85,16 @@ class AnomalyCollector(Collector):
             "anomaly_exporter_errors", "Errors by rule and stage since start.", labels=["rule", "stage"]
         )
         for rule, h in sorted(health.items()):
-            up.add_metric([rule], 1.0 if h.up else 0.0)
-            ready.add_metric([rule], 1.0 if h.ready else 0.0)
-            if h.last_success is not None:
-                success.add_metric([rule], h.last_success)
-            if h.last_fit is not None:
-                fitted.add_metric([rule], h.last_fit)
-            series.add_metric([rule], h.series)
-            dropped.add_metric([rule], h.dropped)
+            for family, attr in per_rule:
+                value = getattr(h, attr)
+                if value is not None:  # a time not reached yet is left out, never published as 0
+                    family.add_metric([rule], float(value))
             for stage, seconds in sorted(h.durations.items()):
                 durations.add_metric([rule, stage], seconds)
             for stage in ("query", "fit", "score"):
                 errors.add_metric([rule, stage], h.errors.get(stage, 0))
-        yield from (up, ready, success, fitted, series, dropped, durations, errors)
+        yield from (family for family, _ in per_rule)
+        yield from (durations, errors)
 
         reload = self._store.reload_status()
         yield GaugeMetricFamily(
