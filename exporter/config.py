@@ -12,6 +12,7 @@ from typing import Any
 import yaml
 
 from exporter.config_check import Checker, Invalid, spec_default, type_name
+from exporter.config_jsonschema import json_schema
 from exporter.config_schema import (
     CONFIG,
     DEFAULTS,
@@ -21,7 +22,6 @@ from exporter.config_schema import (
     RULE_SETTINGS,
     TLS,
     Section,
-    json_schema,
 )
 from exporter.durations import format_duration
 from exporter.secret import Secret
