@@ -128,7 +128,7 @@ def main() -> int:
     ap.add_argument("--nab", type=Path, default=DEFAULT_NAB)
     ap.add_argument("--model", default="seasonal", choices=["seasonal", "iforest", "mad"])
     ap.add_argument("--files", type=int, default=None, help="only the first N NAB files (quick runs)")
-    ap.add_argument("--threshold", type=float, help="override the default threshold (exploration only)")
+    ap.add_argument("--threshold", type=float, help="override the default z_threshold (exploration only)")
     ap.add_argument("--for", dest="for_", type=float, help="override `for`, seconds (exploration only)")
     ap.add_argument("--keep-firing-for", type=float, help="override keep_firing_for, seconds")
     ap.add_argument("--skip-nab", action="store_true")
@@ -139,8 +139,12 @@ def main() -> int:
     )
     args = ap.parse_args()
     rule = RuleConfig(name="quality", query="-", model=ModelConfig(type=args.model))
-    overrides = {"threshold": args.threshold, "alert_for": args.for_, "keep_firing_for": args.keep_firing_for}
-    rule = replace(rule, **{k: v for k, v in overrides.items() if v is not None})
+    if args.threshold is not None:
+        rule = replace(rule, z_threshold=args.threshold)
+    alert_overrides = {"for_": args.for_, "keep_firing_for": args.keep_firing_for}
+    rule = replace(
+        rule, alert=replace(rule.alert, **{k: v for k, v in alert_overrides.items() if v is not None})
+    )
     profiles = load_profiles(args.nab / "profiles.json")
     rows = []
     corpora = [("synthetic", synthetic())]
@@ -162,8 +166,8 @@ def main() -> int:
                 m = event_metrics(r.timestamps, r.alert, r.windows, skip_rows=skipped_rows(r, warm))
                 kinds.setdefault(kind, []).append(m)
     print(
-        f"Model `{args.model}`: threshold {rule.threshold:g}, for {rule.alert_for:g}s, keep_firing_for "
-        f"{rule.keep_firing_for:g}s, retrain {rule.retrain:g}s, history {rule.history / 86400:g}d\n"
+        f"Model `{args.model}`: z_threshold {rule.z_threshold:g}, for {rule.alert.for_:g}s, keep_firing_for "
+        f"{rule.alert.keep_firing_for:g}s, retrain {rule.retrain:g}s, history {rule.history / 86400:g}d\n"
     )
     head = [
         "corpus",

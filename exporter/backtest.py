@@ -2,8 +2,8 @@
 
 Refit every `retrain` on the `history` before that moment (leaving out points that had scored >= 1, as
 live), then score each point until the next refit using only the data before it — with the same
-RuleModel (detector + calibration) the exporter runs, and alerts evaluated with the rule's `for` and
-`keep_firing_for`.
+RuleModel (detector + calibration) the exporter runs, and alerts judged by the same state machine as live
+(`exporter.alertstate`: the rule's alert threshold, `for`, `keep_firing_for`, recovery and count-in-window).
 """
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from exporter.alertstate import alert_matrix
 from exporter.config import RuleConfig
 from exporter.frame import Window
 from exporter.model import RuleModel
-from exporter.postprocess import firing
 from exporter.reader import SeriesKey
 
 Progress = Callable[[float], None]
@@ -73,7 +73,7 @@ def replay(
     unknown = np.isnan(values) | np.isnan(out["expected"]) | np.isnan(out["upper"])
     for arr in out.values():
         arr[unknown] = np.nan
-    alert = firing(out["score"], step, rule.alert_for, rule.keep_firing_for)
+    alert = alert_matrix(rule.alert, timestamps, out["score"])
     return BacktestResult(keys, timestamps, values, alert=alert, **out)
 
 

@@ -14,7 +14,9 @@ import yaml
 from exporter.config_check import Checker, Invalid, spec_default, type_name
 from exporter.config_jsonschema import json_schema
 from exporter.config_schema import (
+    ALERT,
     CONFIG,
+    DEFAULT_ANNOTATIONS,
     DEFAULTS,
     MODEL,
     PROMETHEUS,
@@ -27,6 +29,7 @@ from exporter.durations import format_duration
 from exporter.secret import Secret
 
 __all__ = [
+    "AlertConfig",
     "BasicAuth",
     "Config",
     "ConfigError",
@@ -91,6 +94,28 @@ class ModelConfig:
 
 
 @dataclass(frozen=True)
+class AlertConfig:
+    """When a series' anomaly_score becomes an alert (as Prometheus evaluates `for` and `keep_firing_for`),
+    what the alert says, and which receivers hear of it. Labels and annotations are templates."""
+
+    name: str | None = None  # alertname; the rule's name when None
+    threshold: float = 1.0  # anomaly_score at or above which a point is anomalous
+    recovery_threshold: float | None = None  # a firing alert recovers below this; `threshold` when None
+    for_: float = 60.0  # seconds the condition must hold before firing (YAML `for`)
+    keep_firing_for: float = 600.0  # seconds a firing alert keeps firing after it recovered
+    min_points: int = 1  # count-in-window: at least this many anomalous points ...
+    window: float = 0.0  # ... within this many seconds (0: the current point alone)
+    severity: str = "warning"
+    labels: Mapping[str, str] = field(default_factory=_frozen_map)
+    annotations: Mapping[str, str] = field(default_factory=lambda: _frozen_map(DEFAULT_ANNOTATIONS))
+    receivers: tuple[str, ...] = ()  # names from the top-level `receivers:` section
+
+    @property
+    def recovery(self) -> float:
+        return self.threshold if self.recovery_threshold is None else self.recovery_threshold
+
+
+@dataclass(frozen=True)
 class RuleConfig:
     """One anomaly rule: a PromQL query plus the settings used for every series it returns."""
 
@@ -100,16 +125,14 @@ class RuleConfig:
     retrain: float = 3600.0  # seconds between refits
     history: float = 7 * 86400.0  # seconds of history kept and fitted on
     step: float = 60.0  # seconds, resolution of the range queries
-    threshold: float = 4.0  # distance from expected, in robust standard deviations, where anomaly_score = 1
+    z_threshold: float = 4.0  # distance from expected, in robust standard deviations, where anomaly_score = 1
     direction: str = "both"  # up | down | both
     min_abs_deviation: float = 0.0  # deviations smaller than this never reach score 1
     min_rel_deviation: float = 0.0  # same, as a fraction of |expected|
     labels: Mapping[str, str] = field(default_factory=_frozen_map)  # extra labels on every exported series
     max_series: int = 1000  # series beyond this are dropped (with a warning and a metric)
-    alert_for: float = 60.0  # `for:` seconds the score must stay >= 1 before an alert fires
-    keep_firing_for: float = 600.0  # seconds a firing alert keeps firing after the score drops below 1
     model: ModelConfig = field(default_factory=ModelConfig)
-    receivers: tuple[str, ...] = ()  # names from the top-level `receivers:` section
+    alert: AlertConfig = field(default_factory=AlertConfig)
 
 
 @dataclass(frozen=True)
@@ -120,6 +143,8 @@ class ReceiverConfig:
     type: str  # alertmanager | slack | webhook
     urls: tuple[Secret, ...]
     timeout: float = 10.0
+    repeat_interval: float = 4 * 3600.0  # slack/webhook: re-notify still-firing alerts (0: never)
+    max_queue: int = 1000  # notifications waiting beyond this are dropped
     tls: TLSConfig = field(default_factory=TLSConfig)
     bearer_token: Secret | None = None
     basic_auth: BasicAuth | None = None
@@ -239,29 +264,45 @@ def _merge(rule: dict[str, Any], path: str, defaults: dict[str, Any]) -> _Settin
             out[f.name] = (defaults[f.name], f"defaults.{f.name}")
         else:
             out[f.name] = (spec_default(f), None)
-    base, own = defaults.get("model", {}), rule.get("model", {})
-    for f in MODEL.fields:
-        key = f"model.{f.name}"
-        if isinstance(own, Invalid) or isinstance(base, Invalid):
-            out[key] = (own, None)
-        elif f.name in own:
-            out[key] = (own[f.name], f"{path}.{key}")
-        elif f.name in base:
-            out[key] = (base[f.name], f"defaults.{key}")
-        else:
-            out[key] = (spec_default(f), None)
-    own_labels, base_labels = rule.get("labels", {}), defaults.get("labels", {})
-    if isinstance(own_labels, dict) and isinstance(base_labels, dict):
-        out["labels"] = ({**base_labels, **own_labels}, None)
+    for section in (MODEL, ALERT):  # nested sections merge key by key
+        base, own = defaults.get(section.name, {}), rule.get(section.name, {})
+        for f in section.fields:
+            key = f"{section.name}.{f.name}"
+            if isinstance(own, Invalid) or isinstance(base, Invalid):
+                out[key] = (own, None)
+            elif f.name in own:
+                out[key] = (own[f.name], f"{path}.{key}")
+            elif f.name in base:
+                out[key] = (base[f.name], f"defaults.{key}")
+            else:
+                out[key] = (spec_default(f), None)
+    # string maps merge key by key too: built-in defaults < `defaults` < the rule
+    own_alert, base_alert = _dict(rule.get("alert")), _dict(defaults.get("alert"))
+    maps = {
+        "labels": ({}, defaults, rule),
+        "alert.labels": ({}, base_alert, own_alert),
+        "alert.annotations": (DEFAULT_ANNOTATIONS, base_alert, own_alert),
+    }
+    for key, (builtin, base_part, own_part) in maps.items():
+        name = key.split(".")[-1]
+        layers = [builtin, base_part.get(name, {}), own_part.get(name, {})]
+        if all(isinstance(layer, dict) for layer in layers):
+            out[key] = ({k: v for layer in layers for k, v in layer.items()}, out.get(key, (None, None))[1])
     return out
+
+
+def _dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
 
 
 def _check_rule(checker: Checker, s: _Settings) -> None:
     """Checks between settings; reported where the user set the value, preferring the rule over `defaults`."""
 
-    def at_least(key: str, other: str, factor: int, how: str, at_most: bool = False) -> None:
+    def at_least(
+        key: str, other: str, factor: int, how: str, at_most: bool = False, fmt: Any = format_duration
+    ) -> None:
         (value, path), (limit, other_path) = s[key], s[other]
-        if isinstance(value, Invalid) or isinstance(limit, Invalid):
+        if isinstance(value, Invalid) or isinstance(limit, Invalid) or value is None:
             return
         if (value > limit) if at_most else (value < factor * limit):
             paths = [p for p in (path, other_path) if p and p.startswith("rules")]
@@ -269,7 +310,7 @@ def _check_rule(checker: Checker, s: _Settings) -> None:
             name, other_name = key.split(".")[-1], other.split(".")[-1]
             checker.error(
                 where,
-                f"{name} must {how} ({name} {format_duration(value)}, {other_name} {format_duration(limit)})",
+                f"{name} must {how} ({name} {fmt(value)}, {other_name} {fmt(limit)})",
             )
 
     step, step_path = s["step"]
@@ -281,6 +322,16 @@ def _check_rule(checker: Checker, s: _Settings) -> None:
     at_least("retrain", "interval", 1, "be at least interval")
     at_least("model.level_window", "history", 1, "not exceed history", at_most=True)
     at_least("model.min_history", "history", 1, "not exceed history", at_most=True)
+    at_least("alert.recovery_threshold", "alert.threshold", 1, "not exceed threshold", True, "{:g}".format)
+    (points, points_path), (window, window_path) = s["alert.min_points"], s["alert.window"]
+    if not any(isinstance(v, Invalid) for v in (points, window, step)) and points > 1:
+        room = int(window // step) + 1 if step > 0 else 0
+        if points > room:
+            checker.error(
+                points_path or window_path or "defaults.alert.min_points",
+                f"min_points {points} can never be reached: window {format_duration(window)} holds at most"
+                f" {room} point(s) at step {format_duration(step)}",
+            )
 
 
 def _check_receivers(checker: Checker, path: str, names: Any, known: Any) -> None:
@@ -299,7 +350,9 @@ def _resolve_rules(checker: Checker, top: dict[str, Any]) -> list[tuple[dict[str
     defaults = top.get("defaults", {})
     defaults = defaults if isinstance(defaults, dict) else {}
     rules, receivers = top.get("rules"), top.get("receivers", {})
-    _check_receivers(checker, "defaults.receivers", defaults.get("receivers"), receivers)
+    _check_receivers(
+        checker, "defaults.alert.receivers", _dict(defaults.get("alert")).get("receivers"), receivers
+    )
     first_path: dict[str, str] = {}
     out = []
     for i, rule in enumerate(rules if isinstance(rules, list) else []):
@@ -311,7 +364,9 @@ def _resolve_rules(checker: Checker, top: dict[str, Any]) -> list[tuple[dict[str
             if name in first_path:
                 checker.error(f"{path}.name", f"duplicate rule name {name!r} (also {first_path[name]})")
             first_path.setdefault(name, f"{path}.name")
-        _check_receivers(checker, f"{path}.receivers", rule.get("receivers"), receivers)
+        _check_receivers(
+            checker, f"{path}.alert.receivers", _dict(rule.get("alert")).get("receivers"), receivers
+        )
         settings = _merge(rule, path, defaults)
         _check_rule(checker, settings)
         out.append((rule, settings))
@@ -342,7 +397,7 @@ def _auth(data: dict[str, Any]) -> tuple[Secret | None, BasicAuth | None]:
 
 
 _SCALARS = ("duration", "number", "integer", "enum")
-_ATTRS = {"for": "alert_for"}  # YAML keys that are Python keywords
+_ATTRS = {"for": "for_"}  # YAML keys that are Python keywords
 
 
 def _build(top: dict[str, Any], rules: list[tuple[dict[str, Any], _Settings]]) -> Config:
@@ -366,6 +421,8 @@ def _build(top: dict[str, Any], rules: list[tuple[dict[str, Any], _Settings]]) -
             type=r["type"],
             urls=tuple(urls),
             timeout=_get(r, RECEIVER, "timeout"),
+            repeat_interval=_get(r, RECEIVER, "repeat_interval"),
+            max_queue=_get(r, RECEIVER, "max_queue"),
             tls=_tls(r.get("tls")),
             bearer_token=token,
             basic_auth=basic,
@@ -380,7 +437,19 @@ def _build(top: dict[str, Any], rules: list[tuple[dict[str, Any], _Settings]]) -
                 **plain,
                 labels=_frozen_map(s["labels"][0]),
                 model=ModelConfig(**{f.name: s[f"model.{f.name}"][0] for f in MODEL.fields}),
-                receivers=tuple(s["receivers"][0]),
+                alert=_alert(s),
             )
         )
     return Config(prometheus=prometheus, rules=tuple(built), receivers=MappingProxyType(receivers))
+
+
+def _alert(s: _Settings) -> AlertConfig:
+    values = {_ATTRS.get(f.name, f.name): s[f"alert.{f.name}"][0] for f in ALERT.fields}
+    return AlertConfig(
+        **{
+            **values,
+            "labels": _frozen_map(values["labels"]),
+            "annotations": _frozen_map(values["annotations"]),
+            "receivers": tuple(values["receivers"]),
+        }
+    )

@@ -40,7 +40,17 @@ def type_name(value: object) -> str:
     return names.get(type(value), type(value).__name__)
 
 
+_MOVED = {  # keys that moved, so an old file gets told where they live now
+    "threshold": "z_threshold (the band width in σ; the alert's score threshold is alert.threshold)",
+    "for": "alert.for",
+    "keep_firing_for": "alert.keep_firing_for",
+    "receivers": "alert.receivers",
+}
+
+
 def _unknown_key(key: object, known: list[str]) -> str:
+    if key in _MOVED and "alert" in known:
+        return f"unknown key (moved: use {_MOVED[str(key)]})"
     close = difflib.get_close_matches(str(key), known, n=1)
     if close:
         return f"unknown key (did you mean {close[0]!r}?)"

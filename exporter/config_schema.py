@@ -199,6 +199,79 @@ MODEL = Section(
     ),
 )
 
+DEFAULT_ANNOTATIONS = {
+    "summary": "{{ $rule }}: {{ $value | humanize }} is outside the expected range"
+    " {{ $lower | humanize }} to {{ $upper | humanize }}",
+    "description": 'Rule {{ $rule }} scored {{ printf "%.2f" $score }} (1 = band edge); expected'
+    " {{ $expected | humanize }}.",
+}
+
+ALERT = Section(
+    "alert",
+    "Alert rule on anomaly_score; merged key by key with defaults.alert (labels and annotations too).",
+    (
+        Field(
+            "name",
+            "string",
+            "alertname label of the alerts; the rule name when not set.",
+            pattern=NAME_PATTERN,
+        ),
+        Field(
+            "threshold",
+            "number",
+            "anomaly_score at or above which a point counts as anomalous.",
+            default=1,
+            exclusive_minimum=0,
+        ),
+        Field(
+            "recovery_threshold",
+            "number",
+            "A firing alert counts as recovered only once the score is below this (hysteresis against"
+            " flapping); at most threshold, and threshold when not set.",
+            exclusive_minimum=0,
+        ),
+        Field(
+            "for",
+            "duration",
+            "How long the condition must hold before the alert fires (pending until then).",
+            default="1m",
+            minimum=0,
+        ),
+        Field(
+            "keep_firing_for",
+            "duration",
+            "How long a firing alert keeps firing after it recovered (against flapping).",
+            default="10m",
+            minimum=0,
+        ),
+        Field(
+            "min_points",
+            "integer",
+            "Count-in-window condition for noisy metrics: at least this many anomalous points within"
+            " `window` (e.g. 6 and 15m: more than 5 anomalous points in 15 minutes).",
+            default=1,
+            minimum=1,
+        ),
+        Field(
+            "window",
+            "duration",
+            "Window of the min_points condition; 0s means the current point alone (min_points 1).",
+            default="0s",
+            minimum=0,
+        ),
+        Field("severity", "string", "severity label of the alerts.", default="warning", non_empty=True),
+        Field("labels", "string_map", "Extra alert labels (templates allowed).", pattern=LABEL_NAME_PATTERN),
+        Field(
+            "annotations",
+            "string_map",
+            "Alert annotations, Prometheus-style templates: {{ $labels.instance }}, {{ $value | humanize }},"
+            " $expected, $lower, $upper, $score, $rule. Defaults: summary and description.",
+            pattern=LABEL_NAME_PATTERN,
+        ),
+        Field("receivers", "names", "Names of receivers (top-level `receivers`) that get these alerts."),
+    ),
+)
+
 RULE_SETTINGS = (
     Field("interval", "duration", "Time between scoring cycles.", default="1m", exclusive_minimum=0),
     Field(
@@ -217,9 +290,10 @@ RULE_SETTINGS = (
     ),
     Field("step", "duration", "Resolution of the range queries.", default="1m", exclusive_minimum=0),
     Field(
-        "threshold",
+        "z_threshold",
         "number",
-        "Deviation from the expected value, in robust standard deviations, at which anomaly_score reaches 1.",
+        "Deviation from the expected value, in robust standard deviations, at which anomaly_score reaches 1"
+        " (the edge of the published band).",
         default=4,
         exclusive_minimum=0,
     ),
@@ -251,23 +325,9 @@ RULE_SETTINGS = (
         default=1000,
         minimum=1,
     ),
-    Field(
-        "for",
-        "duration",
-        "How long anomaly_score must stay at or above 1 before the alert fires (pending until then).",
-        default="1m",
-        minimum=0,
-    ),
-    Field(
-        "keep_firing_for",
-        "duration",
-        "How long a firing alert keeps firing after the score drops below 1 (against flapping).",
-        default="10m",
-        minimum=0,
-    ),
     Field("labels", "labels", "Extra labels on every exported series; merged key by key with defaults."),
     Field("model", "section", "Detector settings.", section=MODEL),
-    Field("receivers", "names", "Names of receivers (top-level `receivers`) notified about anomalies."),
+    Field("alert", "section", "When a series' anomaly becomes an alert, and who hears of it.", section=ALERT),
 )
 
 DEFAULTS = Section("defaults", "Settings for every rule that does not set them itself.", RULE_SETTINGS)
@@ -301,11 +361,26 @@ RECEIVER = Section(
         Field("url", "secret_url", "Slack or webhook URL; use ${ENV_VAR}, it usually contains a token."),
         Field("url_file", "secret_url_file", "File holding the Slack or webhook URL."),
         Field("timeout", "duration", "Timeout of one HTTP request.", default="10s", exclusive_minimum=0),
+        Field(
+            "repeat_interval",
+            "duration",
+            "Slack and webhook: notify again about alerts still firing this often (0s: never). Alertmanager"
+            " gets firing alerts re-sent every minute regardless, as Prometheus does.",
+            default="4h",
+            minimum=0,
+        ),
+        Field(
+            "max_queue",
+            "integer",
+            "Notifications waiting for delivery beyond this many are dropped (logged and counted).",
+            default=1000,
+            minimum=1,
+        ),
         *_HTTP_CLIENT,
     ),
     at_most_one=_ONE_AUTH,
     variants=(
-        Variant("alertmanager", ("urls",), ("url", "url_file")),
+        Variant("alertmanager", ("urls",), ("url", "url_file", "repeat_interval")),
         Variant("slack", ("url", "url_file"), ("urls",)),
         Variant("webhook", ("url", "url_file"), ("urls",)),
     ),

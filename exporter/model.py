@@ -61,7 +61,7 @@ class RuleModel:
         return calibrate(
             window.values[:, columns],
             self.detector.predict(window, columns),
-            threshold=r.threshold,
+            threshold=r.z_threshold,
             direction=r.direction,
             min_abs_deviation=r.min_abs_deviation,
             min_rel_deviation=r.min_rel_deviation,

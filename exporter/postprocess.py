@@ -89,31 +89,3 @@ def _raw_score(
         floor = np.maximum(min_abs, min_rel * np.abs(p.expected))
         s = np.where(floor > 0, s * np.minimum(np.abs(dev) / floor, 1.0), s)
     return s
-
-
-def firing(score: np.ndarray, step: float, for_: float = 0.0, keep_firing_for: float = 0.0) -> np.ndarray:
-    """Alert state per point, as Prometheus evaluates `anomaly_score >= 1` with `for` and `keep_firing_for`.
-
-    `score` is (series, time) on a step grid. A point fires once the score has been >= 1 for at least
-    `for_` seconds (the first breaching point counts as 0 s, like Prometheus' pending state), and keeps
-    firing for `keep_firing_for` seconds after the score drops back (a missing score ends nothing early:
-    it counts as not breaching). Vectorized over series; one pass over time.
-
-    >>> firing(np.array([[0, 1, 1, 1, 0, 0.0]]), step=60, for_=60).astype(int).tolist()
-    [[0, 0, 1, 1, 0, 0]]
-    >>> firing(np.array([[0, 1, 0, 0, 0.0]]), step=60, keep_firing_for=120).astype(int).tolist()
-    [[0, 1, 1, 1, 0]]
-    """
-    breach = np.nan_to_num(score, nan=0.0) >= 1.0
-    n, n_t = breach.shape
-    need = int(np.ceil(for_ / step - 1e-9))  # consecutive breaching points before firing, beyond the first
-    keep = int(np.floor(keep_firing_for / step + 1e-9))
-    run = np.zeros(n, dtype=np.int64)  # consecutive breaching points so far
-    since = np.full(n, 1 << 40, dtype=np.int64)  # points since the alert last fired while breaching
-    out = np.zeros((n, n_t), dtype=bool)
-    for j in range(n_t):
-        run = np.where(breach[:, j], run + 1, 0)
-        active = run > need
-        since = np.where(active, 0, since + 1)
-        out[:, j] = active | (since <= keep)
-    return out

@@ -16,6 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from exporter.config import (
+    AlertConfig,
     BasicAuth,
     Config,
     ConfigError,
@@ -28,6 +29,7 @@ from exporter.config import (
     load_config,
     parse_config,
 )
+from exporter.config_schema import DEFAULT_ANNOTATIONS
 from exporter.secret import Secret
 
 MINIMAL = """
@@ -63,14 +65,19 @@ defaults:
   retrain: 2h
   history: 3d
   step: 2m
-  threshold: 5            # an int where a float is expected is fine
+  z_threshold: 5          # an int where a float is expected is fine
   direction: up
   min_abs_deviation: 0.5
   min_rel_deviation: 0.1
   max_series: 500
   labels: {team: sre, env: prod}
   model: {type: seasonal, seasonality: daily, level_window: 2h, min_history: 6h}
-  receivers: [oncall]
+  alert:
+    for: 5m
+    severity: page
+    labels: {team: "{{ $labels.team }}"}
+    annotations: {runbook: "https://runbooks.example/anomaly"}
+    receivers: [oncall]
 rules:
   - name: http_errors
     query: sum by (job) (rate(http_requests_total{code=~"5.."}[5m]))
@@ -80,14 +87,22 @@ rules:
     retrain: 30m
     history: 1d
     step: 30s
-    threshold: 3.5
+    z_threshold: 3.5
     direction: both
     min_abs_deviation: 0
     min_rel_deviation: 0
     max_series: 10
     labels: {env: staging, tier: web}
     model: {seasonality: weekly, level_window: 30m}
-    receivers: [slack, hook]
+    alert:
+      name: LatencyAnomaly
+      threshold: 1.5
+      recovery_threshold: 0.8
+      keep_firing_for: 0s
+      min_points: 6
+      window: 15m
+      annotations: {summary: "p99 {{ $value | humanize }}s"}
+      receivers: [slack, hook]
 receivers:
   oncall:
     type: alertmanager
@@ -97,6 +112,8 @@ receivers:
   slack:
     type: slack
     url_file: secrets/slack-url
+    repeat_interval: 1h
+    max_queue: 50
   hook:
     type: webhook
     url: https://hooks.example/anomaly?token=${HOOK_TOKEN}
@@ -128,7 +145,7 @@ def test_full_file_becomes_the_expected_objects(full_file: Path) -> None:
         retrain=7200.0,
         history=3 * 86400.0,
         step=120.0,
-        threshold=5.0,
+        z_threshold=5.0,
         direction="up",
         min_abs_deviation=0.5,
         min_rel_deviation=0.1,
@@ -152,7 +169,13 @@ def test_full_file_becomes_the_expected_objects(full_file: Path) -> None:
                 **shared,  # type: ignore[arg-type]
                 labels={"team": "sre", "env": "prod"},
                 model=ModelConfig(seasonality="daily", level_window=7200.0, min_history=21600.0),
-                receivers=("oncall",),
+                alert=AlertConfig(
+                    for_=300.0,
+                    severity="page",
+                    labels={"team": "{{ $labels.team }}"},
+                    annotations={**DEFAULT_ANNOTATIONS, "runbook": "https://runbooks.example/anomaly"},
+                    receivers=("oncall",),
+                ),
             ),
             RuleConfig(
                 name="latency:p99",
@@ -161,14 +184,30 @@ def test_full_file_becomes_the_expected_objects(full_file: Path) -> None:
                 retrain=1800.0,
                 history=86400.0,
                 step=30.0,
-                threshold=3.5,
+                z_threshold=3.5,
                 direction="both",
                 min_abs_deviation=0.0,
                 min_rel_deviation=0.0,
                 max_series=10,
                 labels={"team": "sre", "env": "staging", "tier": "web"},  # merged key by key
                 model=ModelConfig(seasonality="weekly", level_window=1800.0, min_history=21600.0),
-                receivers=("slack", "hook"),  # a rule's list replaces the default list
+                alert=AlertConfig(  # merged key by key with defaults.alert
+                    name="LatencyAnomaly",
+                    threshold=1.5,
+                    recovery_threshold=0.8,
+                    for_=300.0,
+                    keep_firing_for=0.0,
+                    min_points=6,
+                    window=900.0,
+                    severity="page",
+                    labels={"team": "{{ $labels.team }}"},
+                    annotations={
+                        **DEFAULT_ANNOTATIONS,
+                        "runbook": "https://runbooks.example/anomaly",
+                        "summary": "p99 {{ $value | humanize }}s",
+                    },
+                    receivers=("slack", "hook"),  # a rule's list replaces the default list
+                ),
             ),
         ),
         receivers={
@@ -183,6 +222,8 @@ def test_full_file_becomes_the_expected_objects(full_file: Path) -> None:
                 name="slack",
                 type="slack",
                 urls=(Secret("https://hooks.slack.com/services/T0/B0/slacktok"),),
+                repeat_interval=3600.0,
+                max_queue=50,
             ),
             "hook": ReceiverConfig(
                 name="hook",
@@ -204,8 +245,10 @@ def test_loaded_config_is_frozen_and_typed(full_file: Path) -> None:
         rule.labels["x"] = "y"  # type: ignore[index]
     with pytest.raises(TypeError):
         config.receivers["x"] = config.receivers["slack"]  # type: ignore[index]
-    assert isinstance(rule.threshold, float) and isinstance(rule.max_series, int)
-    assert isinstance(config.rules, tuple) and isinstance(rule.receivers, tuple)
+    assert isinstance(rule.z_threshold, float) and isinstance(rule.max_series, int)
+    assert isinstance(config.rules, tuple) and isinstance(rule.alert.receivers, tuple)
+    with pytest.raises(TypeError):
+        rule.alert.annotations["x"] = "y"  # type: ignore[index]
 
 
 def test_secrets_never_appear_in_repr_or_str(full_file: Path) -> None:
@@ -231,7 +274,7 @@ def test_env_vars_expand_in_values_only_and_dollar_dollar_escapes() -> None:
       - name: r
         query: 'up{job="${JOB}", x="$${literal}"}'
         labels: {team: "${T}-sre"}
-        receivers: ["${RCV}"]
+        alert: {receivers: ["${RCV}"]}
     receivers: {am: {type: alertmanager, urls: ["http://${HOST}:9093"]}}
     """
     config = parse_config(textwrap.dedent(text), environ={"HOST": "h", "T": "t1", "JOB": "api", "RCV": "am"})
@@ -240,7 +283,7 @@ def test_env_vars_expand_in_values_only_and_dollar_dollar_escapes() -> None:
     assert config.prometheus.headers == {"X-Tenant": "t1"}
     assert rule.query == 'up{job="api", x="${literal}"}'
     assert rule.labels == {"team": "t1-sre"}
-    assert rule.receivers == ("am",)
+    assert rule.alert.receivers == ("am",)
     assert config.receivers["am"].urls == (Secret("http://h:9093"),)
 
 
@@ -319,8 +362,8 @@ ERROR_CASES = [
     ),
     (
         "bool is not a number",
-        with_rule("threshold: yes"),
-        "rules[0].threshold: must be a number (got boolean)",
+        with_rule("z_threshold: yes"),
+        "rules[0].z_threshold: must be a number (got boolean)",
     ),
     (
         "float is not an int",
@@ -329,10 +372,10 @@ ERROR_CASES = [
     ),
     (
         "string is not a number",
-        with_rule("threshold: '4'"),
-        "rules[0].threshold: must be a number (got string)",
+        with_rule("z_threshold: '4'"),
+        "rules[0].z_threshold: must be a number (got string)",
     ),
-    ("threshold > 0", with_rule("threshold: 0"), "rules[0].threshold: must be greater than 0 (got 0)"),
+    ("z_threshold > 0", with_rule("z_threshold: 0"), "rules[0].z_threshold: must be greater than 0 (got 0)"),
     (
         "min deviation >= 0",
         with_rule("min_abs_deviation: -1"),
@@ -341,8 +384,8 @@ ERROR_CASES = [
     ("max_series >= 1", with_rule("max_series: 0"), "rules[0].max_series: must be at least 1 (got 0)"),
     (
         "infinite threshold",
-        with_rule("threshold: .inf"),
-        "rules[0].threshold: must be a finite number (got inf)",
+        with_rule("z_threshold: .inf"),
+        "rules[0].z_threshold: must be a finite number (got inf)",
     ),
     (
         "bool setting",
@@ -411,14 +454,36 @@ ERROR_CASES = [
     ),
     (
         "undefined receiver",
-        with_rule("receivers: [pager]"),
-        "rules[0].receivers[0]: unknown receiver 'pager' (no receivers are defined)",
+        with_rule("alert: {receivers: [pager]}"),
+        "rules[0].alert.receivers[0]: unknown receiver 'pager' (no receivers are defined)",
     ),
     (
         "undefined receiver suggestion",
-        MINIMAL + "defaults: {receivers: [oncal]}\n"
+        MINIMAL + "defaults: {alert: {receivers: [oncal]}}\n"
         "receivers: {oncall: {type: alertmanager, urls: ['http://am']}}\n",
-        "defaults.receivers[0]: unknown receiver 'oncal' (did you mean 'oncall'?)",
+        "defaults.alert.receivers[0]: unknown receiver 'oncal' (did you mean 'oncall'?)",
+    ),
+    (
+        "a key that moved into `alert:`",
+        with_rule("for: 5m"),
+        "rules[0].for: unknown key (moved: use alert.for)",
+    ),
+    (
+        "recovery above threshold",
+        with_rule("alert: {threshold: 2, recovery_threshold: 3}"),
+        "rules[0].alert.recovery_threshold: recovery_threshold must not exceed threshold"
+        " (recovery_threshold 3, threshold 2)",
+    ),
+    (
+        "count-in-window that can never fire",
+        with_rule("alert: {min_points: 5, window: 2m}"),
+        "rules[0].alert.min_points: min_points 5 can never be reached: window 2m holds at most 3 point(s) at"
+        " step 1m",
+    ),
+    (
+        "repeat_interval is not for alertmanager",
+        MINIMAL + "receivers: {x: {type: alertmanager, urls: ['http://am'], repeat_interval: 1h}}",
+        "receivers.x.repeat_interval: not allowed for type alertmanager",
     ),
     (
         "bad receiver type",
@@ -506,7 +571,7 @@ def test_every_problem_in_a_file_is_reported_at_once() -> None:
       - name: a
         query: up
         max_series: true
-        receivers: [pager]
+        alert: {receivers: [pager]}
     """
     assert errors_of(text) == [
         "prometheus.url: must be an http(s) URL (got 'prometheus:9090')",
@@ -516,7 +581,7 @@ def test_every_problem_in_a_file_is_reported_at_once() -> None:
         "rules[0].query: required",
         "rules[1].max_series: must be an integer (got boolean)",
         "rules[1].name: duplicate rule name 'a' (also rules[0].name)",
-        "rules[1].receivers[0]: unknown receiver 'pager' (no receivers are defined)",
+        "rules[1].alert.receivers[0]: unknown receiver 'pager' (no receivers are defined)",
     ]
 
 
@@ -593,8 +658,7 @@ def test_duplicate_yaml_keys_are_reported_with_lines_together_with_other_errors(
         "rules.yaml:3:3: duplicate key 'url' (first defined on line 2)",
         "rules.yaml:5:36: duplicate key 'step' (first defined on line 5)",
         "rules[1].bogus: unknown key (expected one of: name, query, interval, retrain, history, step, "
-        "threshold, direction, min_abs_deviation, min_rel_deviation, max_series, for, keep_firing_for, "
-        "labels, model, receivers)",
+        "z_threshold, direction, min_abs_deviation, min_rel_deviation, max_series, labels, model, alert)",
     ]
 
 

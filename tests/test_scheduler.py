@@ -89,7 +89,7 @@ def test_reload_keeps_unchanged_rules_and_drops_removed_ones(scheduler):
     wait_for(lambda: store.health().get("queues") is not None and store.health()["queues"].up)
     changed = Config(
         prometheus=PROM,
-        rules=(RuleConfig(name="web", query="demo_http_requests_per_second", threshold=6.0, interval=1),),
+        rules=(RuleConfig(name="web", query="demo_http_requests_per_second", z_threshold=6.0, interval=1),),
     )
     sched.apply(changed)
     assert sched.runners["web"] is not web_runner and set(sched.runners) == {"web"}
