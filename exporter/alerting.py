@@ -290,10 +290,10 @@ class RuleAlerts:
 
     # -- delivery ------------------------------------------------------------------------------------
     def _dispatch(self, now: float) -> None:
-        if self._outbox is None:
+        outbox = self._outbox
+        if outbox is None:
             self._ending.clear()
             return
-        outbox = self._outbox
         configured = self._targets()
         owed = [t for i in self._ending for t, status in i.acked.items() if status == "firing"]
         for target in dict.fromkeys([*configured, *owed]):
@@ -438,9 +438,31 @@ class Alerting:
             return {r.name: self._rules[r.name] for r in rules}
 
     def _new(self, rule: RuleConfig) -> RuleAlerts:
-        return RuleAlerts(
-            rule, self._outbox, external_url=self._external_url, clock=self._clock, on_change=self.save
-        )
+        return RuleAlerts(rule, self, external_url=self._external_url, clock=self._clock, on_change=self.save)
+
+    # -- the Outbox every rule sees: whatever notifier the current config has --------------------------
+    def set_outbox(self, outbox: Outbox | None) -> Outbox | None:
+        """Swap in the notifier of a reloaded config; returns the old one (for the caller to close).
+        Batches still in the old one's queues report failure when it closes and are re-sent here."""
+        with self._lock:
+            old, self._outbox = self._outbox, outbox
+            return old
+
+    def targets(self, receiver: str) -> tuple[str, ...]:
+        outbox = self._outbox
+        return outbox.targets(receiver) if outbox is not None else ()
+
+    def kind(self, target: str) -> str | None:
+        outbox = self._outbox
+        return outbox.kind(target) if outbox is not None else None
+
+    def repeat_interval(self, target: str) -> float:
+        outbox = self._outbox
+        return outbox.repeat_interval(target) if outbox is not None else 0.0
+
+    def submit(self, target: str, batch: Batch, on_done: Callable[[str, Batch, bool], None]) -> bool:
+        outbox = self._outbox
+        return outbox.submit(target, batch, on_done) if outbox is not None else False
 
     def _restored(self, rule: RuleConfig, saved: Any) -> RuleAlerts | None:
         if saved is None:
@@ -459,6 +481,11 @@ class Alerting:
             retired = [a for a in self._rules.values() if a.retired]
         for a in retired:
             a.tick()
+
+    def delivery_stats(self) -> list[Any]:
+        """Counters of the current notifier's targets (for metrics); empty without one."""
+        stats = getattr(self._outbox, "stats", None)
+        return list(stats()) if stats is not None else []
 
     def counts(self) -> dict[str, tuple[int, int]]:
         with self._lock:

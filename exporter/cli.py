@@ -1,4 +1,4 @@
-"""Command line: `run` (default), `check`, `schema`, `demo`. Flags follow Prometheus' style."""
+"""Command line: run (default), check, schema, demo, backtest, test-receiver. Prometheus-style flags."""
 
 from __future__ import annotations
 
@@ -17,9 +17,11 @@ from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
 from exporter import __version__, backtest_cmd
+from exporter.alerting import Alerting
 from exporter.collector import AnomalyCollector
 from exporter.config import Config, ConfigError, PrometheusConfig, json_schema, load_config, parse_config
 from exporter.logs import setup_logging
+from exporter.notify import Notifier
 from exporter.pipeline import Source
 from exporter.scheduler import Scheduler
 from exporter.server import WebApp, WebServer, parse_listen_address
@@ -52,6 +54,12 @@ def build_parser() -> argparse.ArgumentParser:
         )
         p.add_argument("--log.format", dest="log_format", default="logfmt", choices=["logfmt", "json"])
         p.add_argument(
+            "--storage.path",
+            dest="storage_path",
+            default="",
+            help="directory for state that must survive restarts (alert state); none = kept in memory",
+        )
+        p.add_argument(
             "--scheduler.workers",
             dest="workers",
             type=int,
@@ -64,6 +72,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--config.file", dest="config_file", default="rules.yaml", help="rules file (default rules.yaml)"
     )
     serving_flags(run)
+    test_receiver = sub.add_parser(
+        "test-receiver", help="send a test alert to a receiver of the rules file, to check its routing"
+    )
+    test_receiver.add_argument("receiver", help="receiver name (from the rules file's `receivers:`)")
+    test_receiver.add_argument("--config.file", dest="config_file", default="rules.yaml")
     check = sub.add_parser("check", help="validate a rules file and exit non-zero on errors")
     check.add_argument("file", nargs="?", default="rules.yaml")
     sub.add_parser("schema", help="print the JSON Schema of the rules file")
@@ -80,6 +93,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(args_list)
     if args.command == "check":
         return _check(args.file)
+    if args.command == "test-receiver":
+        return _test_receiver(args.config_file, args.receiver)
     if args.command == "backtest":
         return backtest_cmd.run(args)
     if args.command == "schema":
@@ -113,6 +128,27 @@ def _check(path: str) -> int:
     return 0
 
 
+def _test_receiver(path: str, name: str) -> int:
+    setup_logging("warn", "logfmt")
+    try:
+        config = load_config(path)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    if name not in config.receivers:
+        known = ", ".join(sorted(config.receivers)) or "none defined"
+        print(f"{path}: no receiver named {name!r} (receivers: {known})", file=sys.stderr)
+        return 1
+    notifier = Notifier({name: config.receivers[name]})
+    try:
+        lines = notifier.test_receiver(name)
+    finally:
+        notifier.close(0)
+    for line in lines:
+        print(line)
+    return 1 if any(line.startswith("failed") for line in lines) else 0
+
+
 def serve(
     config: Config,
     args: argparse.Namespace,
@@ -126,16 +162,26 @@ def serve(
         print(exc, file=sys.stderr)
         return 2
     store = Store()
+    state_file = os.path.join(args.storage_path, "alerts.json") if args.storage_path else None
+    if state_file is None and config.receivers:
+        log.warning(
+            "no --storage.path: alert state is not kept across restarts (may re-page or miss a resolve)"
+        )
+    prometheus = config.prometheus
+    alerting = Alerting(
+        Notifier(config.receivers), state_file, external_url=prometheus.external_url or prometheus.url
+    )
     registry = CollectorRegistry()
-    registry.register(AnomalyCollector(store))
+    registry.register(AnomalyCollector(store, alerting))
     ProcessCollector(registry=registry)
     PlatformCollector(registry=registry)
     GCCollector(registry=registry)
     # one worker per rule (each rule runs one job at a time), so a slow rule never queues the others
     workers = args.workers or max(4, len(config.rules) + 2)
-    scheduler = Scheduler(store, source_factory, workers=workers)
+    scheduler = Scheduler(store, source_factory, workers=workers, alerting=alerting)
     scheduler.apply(config)
     reload_lock = threading.Lock()
+    receivers = config.receivers
 
     def do_reload() -> str | None:
         if reload is None:
@@ -147,6 +193,12 @@ def serve(
                 log.error("reload rejected, the previous rules keep running: %s", exc)
                 store.record_reload(False, "; ".join(exc.errors))
                 return str(exc)
+            nonlocal receivers
+            if new_config.receivers != receivers:  # pending batches of the old notifier fail and are re-sent
+                old = alerting.set_outbox(Notifier(new_config.receivers))
+                receivers = new_config.receivers
+                if isinstance(old, Notifier):
+                    threading.Thread(target=old.close, name="notifier-close", daemon=True).start()
             scheduler.apply(new_config)
             store.record_reload(True)
             log.info("rules reloaded")
@@ -173,6 +225,10 @@ def serve(
     log.info("shutting down")
     server.stop()
     scheduler.shutdown(wait=False)
+    notifier = alerting.set_outbox(None)
+    if isinstance(notifier, Notifier):
+        notifier.close(timeout=5.0)  # deliver what is queued, within the orchestrator's grace period
+    alerting.save()
     # A job may be inside a slow query (timeout × retries); nothing it holds needs saving, so don't let
     # the interpreter wait for it past the orchestrator's grace period.
     logging.shutdown()

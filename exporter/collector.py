@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import math
 import platform
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from typing import Protocol
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -55,11 +56,49 @@ RULE_GAUGES = (  # per-rule health gauges: (name, HELP, RuleHealth attribute)
 )
 
 
+class DeliveryCounters(Protocol):
+    """What the collector reads of one notification target (exporter.notify.DeliveryStats)."""
+
+    target: str
+    receiver: str
+    kind: str
+    sent: int
+    failed: int
+    dropped: int
+    queue_length: int
+    last_success: float | None
+
+
+class AlertCounts(Protocol):
+    """What the collector reads of the exporter's own alerting: in-memory counters, no I/O."""
+
+    def counts(self) -> dict[str, tuple[int, int]]: ...  # rule -> (pending, firing)
+
+    def delivery_stats(self) -> Sequence[DeliveryCounters]: ...
+
+
+NOTIFICATION_COUNTERS = (  # (name, HELP, DeliveryStats attribute)
+    ("anomaly_exporter_notifications_sent", "Notification batches delivered, by target.", "sent"),
+    (
+        "anomaly_exporter_notifications_failed",
+        "Delivery attempts that failed (each retry counts), by target.",
+        "failed",
+    ),
+    (
+        "anomaly_exporter_notifications_dropped",
+        "Notification batches given up (queue full, error not worth retrying, retries exhausted); the"
+        " alerts in them are offered again on the next cycle.",
+        "dropped",
+    ),
+)
+
+
 class AnomalyCollector(Collector):
     """Exports per-series anomaly gauges plus the exporter's own health metrics from a Store."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, alerting: AlertCounts | None = None) -> None:
         self._store = store
+        self._alerting = alerting
 
     def collect(self) -> Iterator[Metric]:
         snapshots = self._store.snapshots()
@@ -91,10 +130,12 @@ class AnomalyCollector(Collector):
                     family.add_metric([rule], float(value))
             for stage, seconds in sorted(h.durations.items()):
                 durations.add_metric([rule, stage], seconds)
-            for stage in ("query", "fit", "score"):
+            for stage in ("query", "fit", "score", "alert"):
                 errors.add_metric([rule, stage], h.errors.get(stage, 0))
         yield from (family for family, _ in per_rule)
         yield from (durations, errors)
+        if self._alerting is not None:
+            yield from self._alert_metrics(self._alerting)
 
         reload = self._store.reload_status()
         yield GaugeMetricFamily(
@@ -116,6 +157,43 @@ class AnomalyCollector(Collector):
         for result in ("success", "failure"):
             reloads.add_metric([result], reload.attempts.get(result, 0))
         yield reloads
+        yield from self._build_info()
+
+    def _alert_metrics(self, alerting: AlertCounts) -> Iterator[Metric]:
+        alerts = GaugeMetricFamily(
+            "anomaly_exporter_alerts",
+            "Series whose alert is pending or firing, by rule (the exporter's own alerting).",
+            labels=["rule", "state"],
+        )
+        for rule, (pending, firing) in sorted(alerting.counts().items()):
+            alerts.add_metric([rule, "pending"], pending)
+            alerts.add_metric([rule, "firing"], firing)
+        yield alerts
+        stats = sorted(alerting.delivery_stats(), key=lambda d: d.target)
+        names = ["receiver", "target", "type"]
+        for name, doc, attr in NOTIFICATION_COUNTERS:
+            family = CounterMetricFamily(name, doc, labels=names)
+            for d in stats:
+                family.add_metric([d.receiver, d.target, d.kind], getattr(d, attr))
+            yield family
+        queue = GaugeMetricFamily(
+            "anomaly_exporter_notification_queue_length",
+            "Batches waiting for delivery, by target.",
+            labels=names,
+        )
+        last = GaugeMetricFamily(
+            "anomaly_exporter_notification_last_success_timestamp_seconds",
+            "Unix time of the target's last delivered batch.",
+            labels=names,
+        )
+        for d in stats:
+            queue.add_metric([d.receiver, d.target, d.kind], d.queue_length)
+            if d.last_success is not None:
+                last.add_metric([d.receiver, d.target, d.kind], d.last_success)
+        yield queue
+        yield last
+
+    def _build_info(self) -> Iterator[Metric]:
         info = GaugeMetricFamily(
             "anomaly_exporter_build_info",
             "Version of the exporter, as labels; always 1.",

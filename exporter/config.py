@@ -27,6 +27,7 @@ from exporter.config_schema import (
 )
 from exporter.durations import format_duration
 from exporter.secret import Secret
+from exporter.templating import TemplateError, compile_template
 
 __all__ = [
     "AlertConfig",
@@ -73,6 +74,7 @@ class PrometheusConfig:
 
     url: str
     timeout: float = 30.0  # seconds, per HTTP request
+    external_url: str | None = None  # for links in alerts; `url` when None
     headers: Mapping[str, str] = field(default_factory=_frozen_map)  # e.g. X-Scope-OrgID for tenants
     bearer_token: Secret | None = None
     basic_auth: BasicAuth | None = None
@@ -334,6 +336,24 @@ def _check_rule(checker: Checker, s: _Settings) -> None:
             )
 
 
+def _check_templates(checker: Checker, path: str, rule: dict[str, Any], s: _Settings) -> None:
+    """Alert labels and annotations must compile; reported where the template was written."""
+    own = _dict(rule.get("alert"))
+    for what in ("labels", "annotations"):
+        merged = s[f"alert.{what}"][0]
+        if not isinstance(merged, dict):
+            continue
+        for name, text in merged.items():
+            if not isinstance(text, str):
+                continue
+            try:
+                compile_template(text)
+            except TemplateError as exc:
+                written_here = isinstance(own.get(what), dict) and name in own[what]
+                where = f"{path}.alert" if written_here else "defaults.alert"
+                checker.error(f"{where}.{what}.{name}", f"bad template: {exc}")
+
+
 def _check_receivers(checker: Checker, path: str, names: Any, known: Any) -> None:
     if not isinstance(names, list) or not isinstance(known, dict):
         return
@@ -369,6 +389,7 @@ def _resolve_rules(checker: Checker, top: dict[str, Any]) -> list[tuple[dict[str
         )
         settings = _merge(rule, path, defaults)
         _check_rule(checker, settings)
+        _check_templates(checker, path, rule, settings)
         out.append((rule, settings))
     return out
 
@@ -406,6 +427,7 @@ def _build(top: dict[str, Any], rules: list[tuple[dict[str, Any], _Settings]]) -
     prometheus = PrometheusConfig(
         url=p["url"],
         timeout=_get(p, PROMETHEUS, "timeout"),
+        external_url=p.get("external_url"),
         headers=_frozen_map(p.get("headers")),
         bearer_token=token,
         basic_auth=basic,

@@ -124,6 +124,11 @@ PROMETHEUS = Section(
     "The Prometheus-compatible query API that rules are evaluated against.",
     (
         Field("url", "url", "Base URL of the query API, e.g. http://prometheus:9090.", required=True),
+        Field(
+            "external_url",
+            "url",
+            "URL people open Prometheus at, for the graph links in alerts (generatorURL); defaults to url.",
+        ),
         Field("timeout", "duration", "Timeout of one HTTP request.", default="30s", exclusive_minimum=0),
         Field(
             "headers",

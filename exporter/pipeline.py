@@ -16,6 +16,7 @@ from typing import Protocol
 
 import numpy as np
 
+from exporter.alerting import Latest, RuleAlerts
 from exporter.config import RuleConfig
 from exporter.frame import SeriesFrame
 from exporter.model import RuleModel
@@ -68,9 +69,15 @@ class RuleRunner:
     """Owns one rule's history, model and published results."""
 
     def __init__(
-        self, rule: RuleConfig, source: Source, store: Store, clock: Callable[[], float] = time.time
+        self,
+        rule: RuleConfig,
+        source: Source,
+        store: Store,
+        clock: Callable[[], float] = time.time,
+        alerts: RuleAlerts | None = None,
     ):
         self.rule = rule
+        self._alerts = alerts  # the rule's alert state: judged after every scoring cycle
         self._source = source
         self._clock = clock
         self._step = int(rule.step)
@@ -114,12 +121,14 @@ class RuleRunner:
         of data, the rule refits early (at most every `_early_refit` seconds) rather than wait for `retrain`.
         """
         if self._model is None:
+            self._tick_alerts()  # restored alerts keep being re-sent while the first fit runs
             self.fit_job()
             return
         try:
             self._fetch()
             self._score()
         except Exception:
+            self._tick_alerts()
             return
         last_fit = self._out.health()
         if (
@@ -200,6 +209,7 @@ class RuleRunner:
                 new = int(np.searchsorted(window.timestamps, self._last_scored, side="right"))
                 columns = np.arange(max(new, n_t - 60, 0) if new < n_t else n_t - 1, n_t)
                 scored = model.score(window, columns)
+                scored_times = window.timestamps[columns]  # a copy: the frame may change after the lock
                 if self.rule.model.exclude_anomalies:
                     for j, col in enumerate(columns):
                         self._frame.flag(int(window.timestamps[col]), scored.score[:, j] >= 1)
@@ -225,6 +235,19 @@ class RuleRunner:
             )
         self._out.publish(snapshot)
         self._out.update(up=True, last_success=self._clock(), last_error=None)
+        if self._alerts is not None:
+            latest = Latest(values, score, expected, lower, upper)
+            with self._stage("alert"):
+                self._alerts.observe(keys, scored_times, scored.score, latest)
+
+    def _tick_alerts(self) -> None:
+        if self._alerts is None:
+            return
+        try:
+            with self._stage("alert"):
+                self._alerts.tick()
+        except Exception:  # logged and counted by _stage
+            pass
 
     def _output_labels(self, key: SeriesKey) -> LabelPairs:
         labels = self._labels.get(key)

@@ -16,6 +16,7 @@ from datetime import datetime, timedelta
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
 
+from exporter.alerting import Alerting
 from exporter.config import Config, PrometheusConfig
 from exporter.pipeline import RuleRunner, Source
 from exporter.store import Store
@@ -33,8 +34,10 @@ class Scheduler:
         *,
         workers: int = 4,
         clock: Callable[[], float] = time.time,
+        alerting: Alerting | None = None,
     ) -> None:
         self._store = store
+        self._alerting = alerting
         self._source_factory = source_factory
         self._clock = clock
         self._lock = threading.Lock()
@@ -55,6 +58,8 @@ class Scheduler:
             return dict(self._runners)
 
     def start(self) -> None:
+        if self._alerting is not None:  # retries and resolutions for rules that were removed
+            self._scheduler.add_job(self._alerting.tick, "interval", seconds=30, id="alerting:tick")
         self._scheduler.start()
 
     def shutdown(self, wait: bool = True) -> None:
@@ -73,13 +78,18 @@ class Scheduler:
                 self._source = self._source_factory(config.prometheus)
                 self._prometheus = config.prometheus
             wanted = {rule.name: rule for rule in config.rules}
+            # alert state outlives runners: a changed rule keeps its firing alerts, a removed one resolves
+            alerts = self._alerting.apply(config.rules) if self._alerting is not None else {}
             for name, runner in list(self._runners.items()):
                 if new_source or wanted.get(name) != runner.rule:
                     self._remove(name)
             for name, rule in wanted.items():
                 if name not in self._runners:
                     assert self._source is not None
-                    self._add(RuleRunner(rule, self._source, self._store, clock=self._clock))
+                    runner = RuleRunner(
+                        rule, self._source, self._store, clock=self._clock, alerts=alerts.get(name)
+                    )
+                    self._add(runner)
         if new_source and old_source is not None:
             close = getattr(old_source, "close", None)
             if close is not None:
