@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import http.server
 import json
 import os
 import re
@@ -26,6 +27,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
@@ -517,3 +519,36 @@ class AlertmanagerServer(_ServerProcess):
         r = self._session.post(f"{self.url}/api/v2/alerts", json=list(alerts), timeout=10)
         if not r.ok:
             raise ServerError(f"POST /api/v2/alerts -> HTTP {r.status_code}: {r.text[:500]}")
+
+
+class WebhookSink:
+    """A local HTTP endpoint on 127.0.0.1 that records the JSON bodies POSTed to it (e.g. by Alertmanager's
+    webhook receiver). Use as a context manager; `received` grows as requests arrive."""
+
+    def __init__(self) -> None:
+        received: list[dict[str, Any]] = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.received = received
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}/hook"
+        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.02,), name="test-hook")
+        self._thread.daemon = True
+
+    def __enter__(self) -> WebhookSink:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(2)

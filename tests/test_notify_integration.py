@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import http.server
-import json
 import threading
 import time
 from collections.abc import Iterator
@@ -17,37 +15,16 @@ from exporter.notification import Batch, Notification
 from exporter.notify import Notifier
 from exporter.notify.payloads import webhook_payload
 from exporter.secret import Secret
-from tests.realservers import AlertmanagerServer, wait_until
+from tests.realservers import AlertmanagerServer, WebhookSink, wait_until
 
 pytestmark = pytest.mark.integration
-
-
-class _Hook(http.server.BaseHTTPRequestHandler):
-    received: list[dict[str, Any]]
-
-    def do_POST(self) -> None:
-        self.received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-        self.send_response(200)
-        self.send_header("Content-Length", "0")
-        self.end_headers()
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
 
 
 @pytest.fixture
 def hook() -> Iterator[tuple[str, list[dict[str, Any]]]]:
     """A local webhook endpoint recording what Alertmanager sends it."""
-    handler = type("Hook", (_Hook,), {"received": []})
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, args=(0.02,), name="test-hook", daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/hook", handler.received
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(2)
+    with WebhookSink() as sink:
+        yield sink.url, sink.received
 
 
 def test_real_alertmanager_accepts_our_alerts_and_its_webhook_matches_ours(
