@@ -1,4 +1,4 @@
-"""The command line: check, schema, version, and a clean refusal to start on a broken rules file."""
+"""The command line: check, schema, version, test-receiver, and a clean refusal to start on a broken file."""
 
 import json
 import subprocess
@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from exporter.cli import main
+from tests.realservers import WebhookSink, free_port, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -67,3 +68,30 @@ def test_bad_listen_address_exits_2(address, tmp_path, monkeypatch):
     rules = tmp_path / "rules.yaml"
     rules.write_text("prometheus: {url: http://p:9090}\nrules:\n  - {name: a, query: up}\n")
     assert main(["--config.file", str(rules), "--web.listen-address", address]) == 2
+
+
+def test_test_receiver_sends_a_test_alert_and_reports_the_result(tmp_path, capsys):
+    with WebhookSink() as hook:
+        rules = tmp_path / "rules.yaml"
+        rules.write_text(
+            "prometheus: {url: 'http://p:9090'}\nrules: [{name: r, query: up}]\n"
+            f"receivers: {{hook: {{type: webhook, url: '{hook.url}?token=s3cret'}}}}\n"
+        )
+        assert main(["test-receiver", "hook", "--config.file", str(rules)]) == 0
+        out = capsys.readouterr().out
+        assert out.startswith("ok:") and "s3cret" not in out
+        wait_until(lambda: hook.received, timeout=5, what="the test alert")
+        (body,) = hook.received
+        assert body["status"] == "firing" and body["alerts"][0]["labels"]["alertname"]
+
+
+def test_test_receiver_fails_for_an_unknown_or_unreachable_receiver(tmp_path, capsys):
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(
+        "prometheus: {url: 'http://p:9090'}\nrules: [{name: r, query: up}]\n"
+        f"receivers: {{down: {{type: webhook, url: 'http://127.0.0.1:{free_port()}/x', timeout: 2s}}}}\n"
+    )
+    assert main(["test-receiver", "nope", "--config.file", str(rules)]) == 1
+    assert "no receiver named 'nope' (receivers: down)" in capsys.readouterr().err
+    assert main(["test-receiver", "down", "--config.file", str(rules)]) == 1
+    assert capsys.readouterr().out.startswith("failed:")
