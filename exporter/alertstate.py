@@ -108,8 +108,15 @@ class AlertStates:
         full = np.full((n_all, len(t_all)), np.nan)
         full[rows] = score
         changes: list[Transition] = []
+        # a column where no score reaches the lower threshold changes nothing while no alert is pending
+        # or firing: skip those (most of a backtest), keeping last_time as if they had been evaluated
+        with np.errstate(invalid="ignore"):
+            hot: np.ndarray = np.any(full >= min(a.threshold, a.recovery), axis=0)
         for j in np.flatnonzero(t_all > self.last_time):
             t = float(t_all[j])
+            if not hot[j] and not self._busy():
+                self.last_time = t
+                continue
             fired, started, stopped, stopped_since = self._step(t, full[:, j], a)
             fires[:, j] = fired[rows]
             changes += [Transition(self.keys[i], True, t, t) for i in np.flatnonzero(started)]
@@ -119,6 +126,9 @@ class AlertStates:
             ]
             self.last_time = t
         return fires, changes
+
+    def _busy(self) -> bool:
+        return bool((~np.isnan(self.active_since)).any() or (~np.isnan(self.firing_since)).any())
 
     def _step(
         self, t: float, s: np.ndarray, a: AlertConfig
