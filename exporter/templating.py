@@ -9,7 +9,8 @@ actions in ``{{ ... }}``; an action prints one value:
 * literals: ``"strings"`` with backslash escapes, back-quoted raw strings, numbers (``3``, ``-0.5``, ``1e3``);
 * functions: humanize, humanize1024, humanizePercentage, humanizeDuration, printf (%d %f %e %g %s %v %% with
   flags ``-+ 0``, width and precision up to 99), toUpper, toLower, title, stripPort, stripDomain, index.
-  Arguments follow the name, ``( ... )`` groups, and ``x | f a`` calls ``f a x``: the piped value comes last;
+  They print as Prometheus' do (see exporter.gofmt). Arguments follow the name, ``( ... )`` groups, and
+  ``x | f a`` calls ``f a x``: the piped value comes last;
 * ``{{-`` and ``-}}`` (with a space on the inner side) trim the whitespace before / after the action;
   ``{{/* comments */}}`` print nothing.
 
@@ -27,21 +28,34 @@ at MAX_OUTPUT characters.
 from __future__ import annotations
 
 import difflib
-import ipaddress
-import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from decimal import Decimal
 from operator import attrgetter
 from typing import NamedTuple, TypeAlias
+
+from exporter.gofmt import (
+    Directive,
+    FormatError,
+    Value,
+    as_number,
+    as_text,
+    humanize,
+    humanize1024,
+    humanize_duration,
+    humanize_percentage,
+    parse_format,
+    sprintf,
+    strip_domain,
+    strip_port,
+    title,
+)
 
 MAX_OUTPUT = 4096
 _MAX_NESTING = 16
 _WS = " \t\r\n"
 
-_Value: TypeAlias = str | int | float | Mapping[str, str] | None
-_Eval: TypeAlias = Callable[["TemplateContext"], _Value]
+_Eval: TypeAlias = Callable[["TemplateContext"], Value]
 _Part: TypeAlias = str | _Eval
 
 
@@ -67,203 +81,29 @@ class TemplateContext:
     threshold: float | None = None
 
 
-# --- Prometheus' number formatting (prometheus/template/template.go, Go's fmt) ---------------------------
+# --- the functions ---------------------------------------------------------------------------------------
 
 
-def _g(v: float, precision: int = 4) -> str:
-    """Go's %.Ng: like Python's, except NaN, +Inf and -Inf."""
-    if math.isnan(v):
-        return "NaN"
-    if math.isinf(v):
-        return "+Inf" if v > 0 else "-Inf"
-    return f"{v:.{precision}g}"
+def _numeric(fn: Callable[[float], str]) -> Callable[[Value], str]:
+    """A number formatter as a template function: text that is not a number is printed as it is."""
 
-
-def go_float(v: float) -> str:
-    """A float as Go's %v (so Prometheus' `{{ $value }}`) prints it: shortest digits, e-notation from 1e+06.
-
-    >>> go_float(0.1), go_float(123456.0), go_float(1234567.0), go_float(0.00001)
-    ('0.1', '123456', '1.234567e+06', '1e-05')
-    """
-    if not math.isfinite(v) or v == 0:
-        return _g(v)
-    sign = "-" if v < 0 else ""
-    digits_tuple, exponent = Decimal(repr(abs(v))).normalize().as_tuple()[1:]
-    digits = "".join(map(str, digits_tuple))
-    point = len(digits) + int(exponent)  # the decimal point sits after this many digits
-    if not -4 <= point - 1 < 6:
-        mantissa = digits[0] + ("." + digits[1:] if len(digits) > 1 else "")
-        return f"{sign}{mantissa}e{'-' if point < 1 else '+'}{abs(point - 1):02d}"
-    if point <= 0:
-        return f"{sign}0.{'0' * -point}{digits}"
-    if point >= len(digits):
-        return sign + digits + "0" * (point - len(digits))
-    return f"{sign}{digits[:point]}.{digits[point:]}"
-
-
-def humanize(v: float) -> str:
-    """SI prefix and 4 significant digits, as Prometheus' humanize (micro is "u", as there).
-
-    >>> humanize(1234567.0), humanize(0.12), humanize(0.0001234), humanize(-1500.0)
-    ('1.235M', '120m', '123.4u', '-1.5k')
-    """
-    if v == 0 or not math.isfinite(v):
-        return _g(v)
-    prefix = ""
-    if abs(v) >= 1:
-        for p in "kMGTPEZY":
-            if abs(v) < 1000:
-                break
-            prefix, v = p, v / 1000
-    else:
-        for p in "munpfazy":
-            if abs(v) >= 1:
-                break
-            prefix, v = p, v * 1000
-    return _g(v) + prefix
-
-
-def humanize1024(v: float) -> str:
-    """Binary prefixes (ki, Mi, ...) and 4 significant digits, as Prometheus' humanize1024.
-
-    >>> humanize1024(1048576.0), humanize1024(1234567.0), humanize1024(0.12)
-    ('1Mi', '1.177Mi', '0.12')
-    """
-    if abs(v) <= 1 or not math.isfinite(v):
-        return _g(v)
-    prefix = ""
-    for p in ("ki", "Mi", "Gi", "Ti", "Pi", "Ei", "Zi", "Yi"):
-        if abs(v) < 1024:
-            break
-        prefix, v = p, v / 1024
-    return _g(v) + prefix
-
-
-def humanize_percentage(v: float) -> str:
-    """A ratio as a percentage with 4 significant digits, as Prometheus' humanizePercentage.
-
-    >>> humanize_percentage(0.1234567), humanize_percentage(-0.22222)
-    ('12.35%', '-22.22%')
-    """
-    return _g(v * 100) + "%"
-
-
-def humanize_duration(v: float) -> str:
-    """Seconds as Prometheus' humanizeDuration prints them: '1d 2h 3m 4s', '12.35s', '100ms'.
-
-    Beyond 2**63 seconds Prometheus overflows int64 and prints garbage; this prints the true days.
-
-    >>> humanize_duration(3723.0), humanize_duration(12.345), humanize_duration(0.0001)
-    ('1h 2m 3s', '12.35s', '100us')
-    """
-    if not math.isfinite(v):
-        return _g(v)
-    if v == 0:
-        return _g(v) + "s"
-    if abs(v) >= 1:
-        sign, v = ("-" if v < 0 else ""), abs(v)
-        minutes, seconds = divmod(int(v), 60)
-        hours, minutes = divmod(minutes, 60)
-        days, hours = divmod(hours, 24)
-        if days:
-            return f"{sign}{days}d {hours}h {minutes}m {seconds}s"
-        if hours:
-            return f"{sign}{hours}h {minutes}m {seconds}s"
-        if minutes:
-            return f"{sign}{minutes}m {seconds}s"
-        return f"{sign}{_g(v)}s"
-    prefix = ""
-    for p in "munpfazy":
-        if abs(v) >= 1:
-            break
-        prefix, v = p, v * 1000
-    return f"{_g(v)}{prefix}s"
-
-
-# --- values and the cheap string functions ---------------------------------------------------------------
-
-_FLOAT = re.compile(r"[+-]?(?:(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?|inf|infinity|nan)", re.IGNORECASE)
-
-
-def _text(value: _Value) -> str:
-    if isinstance(value, str):
-        return value
-    if value is None:
-        return ""
-    if isinstance(value, float):
-        return go_float(value)
-    if isinstance(value, Mapping):
-        return "map[" + " ".join(f"{k}:{_text(value[k])}" for k in sorted(value)) + "]"
-    return str(value)
-
-
-def _number(value: _Value) -> int | float | str:
-    """A number for the numeric functions; text that is not a number (to Go's ParseFloat) stays text."""
-    if isinstance(value, int | float):
-        return value
-    text = _text(value)
-    return float(text) if _FLOAT.fullmatch(text) else text
-
-
-def _numeric(fn: Callable[[float], str]) -> Callable[[_Value], str]:
-    def call(value: _Value) -> str:
-        number = _number(value)
+    def call(value: Value) -> str:
+        number = as_number(value)
         return number if isinstance(number, str) else fn(float(number))
 
     return call
 
 
-def _split_host_port(text: str) -> tuple[str, str] | None:
-    """Go's net.SplitHostPort; None where it reports an error."""
-    colon = text.rfind(":")
-    if colon < 0:
-        return None
-    if text.startswith("["):
-        end = text.find("]")
-        if end < 0 or end + 1 != colon or "[" in text[1:] or "]" in text[end + 1 :]:
-            return None
-        host = text[1:end]
-    else:
-        host = text[:colon]
-        if ":" in host or "[" in text or "]" in text:
-            return None
-    return host, text[colon + 1 :]
-
-
-def _strip_port(value: _Value) -> str:
-    text = _text(value)
-    parts = _split_host_port(text)
-    return text if parts is None else parts[0]
-
-
-def _strip_domain(value: _Value) -> str:
-    text = _text(value)
-    host, port = _split_host_port(text) or (text, "")
-    try:
-        if "%" not in host:  # Go's ParseIP takes no zone
-            ipaddress.ip_address(host)
-            return text
-    except ValueError:
-        pass
-    host = host.split(".")[0]
-    if not port:
-        return host
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-_WORD_START = re.compile(r"(?<!\w)(?<!\w['.:])\w")
-
-_FUNCTIONS: dict[str, Callable[[_Value], str]] = {
+_FUNCTIONS: dict[str, Callable[[Value], str]] = {
     "humanize": _numeric(humanize),
     "humanize1024": _numeric(humanize1024),
     "humanizeDuration": _numeric(humanize_duration),
     "humanizePercentage": _numeric(humanize_percentage),
-    "toUpper": lambda v: _text(v).upper(),
-    "toLower": lambda v: _text(v).lower(),
-    # Prometheus: cases.Title(..., cases.NoLower): the first letter of each word up, the rest untouched.
-    "title": lambda v: _WORD_START.sub(lambda m: m.group().upper(), _text(v)),
-    "stripPort": _strip_port,
-    "stripDomain": _strip_domain,
+    "toUpper": lambda v: as_text(v).upper(),
+    "toLower": lambda v: as_text(v).lower(),
+    "title": lambda v: title(as_text(v)),
+    "stripPort": lambda v: strip_port(as_text(v)),
+    "stripDomain": lambda v: strip_domain(as_text(v)),
 }
 _ALL_FUNCTIONS = [*_FUNCTIONS, "printf", "index"]
 _VARIABLES = {
@@ -283,92 +123,8 @@ _SUPPORTED = (
 )
 
 
-# --- printf -------------------------------------------------------------------------------------------------
-
-_DIRECTIVE = re.compile(
-    r"%(?:%|(?P<flags>[-+ 0]*)(?P<width>\d{1,2})?(?:\.(?P<prec>\d{0,2}))?(?P<verb>[dfegsv]))"
-)
-
-
-@dataclass(frozen=True)
-class _Directive:
-    """One %-directive of a printf format, formatting one argument the way Go's fmt does."""
-
-    flags: str
-    width: int
-    precision: int | None
-    verb: str
-
-    def format(self, value: _Value) -> str:
-        if value is None:
-            return ""
-        if isinstance(value, str) and self.verb in "sv":
-            return self._pad(value if self.precision is None else value[: self.precision], numeric=False)
-        number = _number(value)
-        if isinstance(number, str):
-            return self._pad(number, numeric=False)
-        if isinstance(number, float) and not math.isfinite(number):
-            body = _g(number)
-            if body == "NaN" and ("+" in self.flags or " " in self.flags):
-                body = ("+" if "+" in self.flags else " ") + body
-            return self._pad(body, numeric=False)
-        if self.verb == "d":
-            number = int(number)
-        elif self.verb in "feg":
-            number = float(number)
-        negative = number < 0 or math.copysign(1.0, number) < 0
-        number = abs(number)
-        if isinstance(number, int):
-            body = str(number)
-        elif self.verb in "fe":
-            body = f"{number:.{6 if self.precision is None else self.precision}{self.verb}}"
-        elif self.verb == "g" and self.precision is not None:
-            body = f"{number:.{self.precision}g}"
-        else:
-            body = go_float(number)
-        sign = "-" if negative else "+" if "+" in self.flags else " " if " " in self.flags else ""
-        return self._pad(body, numeric=True, sign=sign)
-
-    def _pad(self, body: str, numeric: bool, sign: str = "") -> str:
-        if "-" in self.flags:
-            return (sign + body).ljust(self.width)
-        if numeric and "0" in self.flags:
-            return sign + body.rjust(self.width - len(sign), "0")
-        return (sign + body).rjust(self.width)
-
-
-def _parse_format(fmt: str, pos: int) -> list[str | _Directive]:
-    """Split a printf format into text and directives; `pos` is where the format's text starts."""
-    pieces: list[str | _Directive] = []
-    start = 0
-    while (i := fmt.find("%", start)) >= 0:
-        match = _DIRECTIVE.match(fmt, i)
-        if match is None:
-            raise TemplateError(
-                pos + i,
-                f"printf format {fmt!r}: unsupported directive {fmt[i : i + 5]!r} "
-                "(supported: %d %f %e %g %s %v %% with flags -+ 0, width and precision up to 99)",
-            )
-        pieces.append(fmt[start:i])
-        if match.group() == "%%":
-            pieces.append("%")
-        else:
-            verb, prec = match["verb"], match["prec"]
-            if prec is not None and verb in "dv":
-                raise TemplateError(pos + i, f"printf format {fmt!r}: %{verb} takes no precision")
-            width = int(match["width"] or 0)
-            pieces.append(_Directive(match["flags"], width, None if prec is None else int(prec or 0), verb))
-        start = match.end()
-    pieces.append(fmt[start:])
-    return [p for p in pieces if p != ""]
-
-
-def _printf(pieces: list[str | _Directive], args: list[_Eval]) -> _Eval:
-    def run(ctx: TemplateContext) -> str:
-        values = iter([arg(ctx) for arg in args])
-        return "".join(p if isinstance(p, str) else p.format(next(values)) for p in pieces)
-
-    return run
+def _printf(pieces: list[str | Directive], args: list[_Eval]) -> _Eval:
+    return lambda ctx: sprintf(pieces, [arg(ctx) for arg in args])
 
 
 # --- lexing and parsing -------------------------------------------------------------------------------------
@@ -423,7 +179,7 @@ def _unquote(token: _Token) -> str:
     return _ESCAPE.sub(escape, token.text[1:-1])
 
 
-def _constant(value: _Value) -> _Eval:
+def _constant(value: Value) -> _Eval:
     return lambda ctx: value
 
 
@@ -608,8 +364,11 @@ class _Parser:
         if name == "printf":
             if not args or args[0].literal is None:
                 raise TemplateError(token.pos, "printf needs a string literal format as its first argument")
-            pieces = _parse_format(args[0].literal, args[0].pos + 1)
-            wanted = sum(isinstance(p, _Directive) for p in pieces)
+            try:
+                pieces = parse_format(args[0].literal)
+            except FormatError as error:  # its index counts from the format's first character
+                raise TemplateError(args[0].pos + 1 + error.index, str(error)) from None
+            wanted = sum(isinstance(p, Directive) for p in pieces)
             if len(args) - 1 != wanted:
                 raise TemplateError(
                     token.pos,
@@ -623,7 +382,7 @@ class _Parser:
             if not args[0].is_labels:
                 raise TemplateError(args[0].pos, "index: the first argument must be $labels (or .Labels)")
             key = self._scalars(name, args[1:])[0]  # $labels is the only mapping there is
-            return _Arg(lambda ctx: ctx.labels.get(_text(key(ctx)), ""), False, token.pos)
+            return _Arg(lambda ctx: ctx.labels.get(as_text(key(ctx)), ""), False, token.pos)
         fn, arg = _FUNCTIONS[name], self._scalars(name, args)[0]
         return _Arg(lambda ctx: fn(arg(ctx)), False, token.pos)
 
@@ -659,7 +418,7 @@ class Template:
         out: list[str] = []
         size = 0
         for part in self._parts:
-            piece = part if isinstance(part, str) else _text(part(ctx))
+            piece = part if isinstance(part, str) else as_text(part(ctx))
             out.append(piece)
             size += len(piece)
             if size > MAX_OUTPUT:
