@@ -24,6 +24,7 @@ SERIES_GAUGES = (
         "score",
         "Anomaly score: 0 = as expected, 1 = at the rule's threshold, higher = further out.",
     ),
+    ("anomaly_observed", "value", "The series' value at the scored time: what anomaly_score judged."),
     ("anomaly_expected", "expected", "Value the model expected for the series at the scored time."),
     ("anomaly_expected_lower", "lower", "Lower edge of the expected band (anomaly_score 1 below it)."),
     ("anomaly_expected_upper", "upper", "Upper edge of the expected band (anomaly_score 1 above it)."),
@@ -106,6 +107,8 @@ class AnomalyCollector(Collector):
             family = Metric(name, f"{doc} {_SCHEDULE_NOTE}", "gauge")
             for snap in snapshots.values():
                 values = getattr(snap, attr)
+                if values is None:
+                    continue
                 for labels, value in zip(snap.labels, values.tolist(), strict=True):
                     if not math.isnan(value):
                         family.add_sample(name, dict(labels), value)

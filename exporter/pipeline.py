@@ -232,6 +232,7 @@ class RuleRunner:
                 lower=lower[rows],
                 upper=upper[rows],
                 timestamp=timestamp,
+                value=values[rows],
             )
         self._out.publish(snapshot)
         self._out.update(up=True, last_success=self._clock(), last_error=None)

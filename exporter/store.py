@@ -29,6 +29,7 @@ class RuleSnapshot:
     lower: np.ndarray
     upper: np.ndarray
     timestamp: float  # the grid time of the scored point
+    value: np.ndarray | None = None  # the observed value that was scored (None: not given)
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ def snapshot(pods, score=None):
         lower=np.full(n, 8.0),
         upper=np.full(n, 12.0),
         timestamp=0.0,
+        value=np.full(n, 13.5),
     )
 
 
@@ -37,6 +38,7 @@ def test_gauges_per_series():
     assert get("anomaly_expected", {"rule": "r", "pod": "a"}) == 10.0
     assert get("anomaly_expected_lower", {"rule": "r", "pod": "a"}) == 8.0
     assert get("anomaly_expected_upper", {"rule": "r", "pod": "b"}) == 12.0
+    assert get("anomaly_observed", {"rule": "r", "pod": "b"}) == 13.5
 
 
 def test_vanished_series_and_removed_rules_are_no_longer_exported():
