@@ -90,7 +90,7 @@ class ModelConfig:
     seasonality: str = "auto"  # auto | none | daily | weekly
     level_window: float = 3600.0  # seconds of recent data used to follow level changes
     min_history: float = 3600.0  # seconds of data a series needs before it is scored (warm-up)
-    contamination: float = 0.001  # iforest: share of training points above score 1
+    contamination: float = 0.001  # iforest: calibration quantile (plus a margin) = score 1
     per_series: bool = False  # iforest: one forest per series instead of one per rule
     exclude_anomalies: bool = True  # points scoring >= 1 are kept out of the next fit
 

@@ -184,7 +184,7 @@ MODEL = Section(
         Field(
             "contamination",
             "number",
-            "iforest: expected share of anomalous points; the forest's score at this quantile is score 1.",
+            "iforest: the calibration day's (1 - contamination) score quantile, plus a margin, is score 1.",
             default=0.001,
             exclusive_minimum=0,
             maximum=0.5,

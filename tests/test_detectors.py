@@ -66,14 +66,19 @@ def test_same_data_same_scores(model):
 
 
 def test_iforest_sees_a_burst_of_moderate_deviations_the_band_misses():
-    """A variance change: each point stays near the band, the recent context is what is unusual."""
-    t, x = series(n=2, days=5, seed=3)
-    rng = np.random.default_rng(9)
-    x[0, -30:] = x[0, -60:-30] + rng.choice([-1, 1], 30) * 6.5  # ±3.2σ swings, 30 minutes long
-    band = fit_score("seasonal", t, x, len(t) - 60, np.arange(len(t) - 30, len(t))).score
-    forest = fit_score("iforest", t, x, len(t) - 60, np.arange(len(t) - 30, len(t))).score
-    assert (band[0] >= 1).sum() < (forest[0] >= 1).sum()
-    assert (forest[1] < 1).all()
+    """A variance change: each point stays near the band, the recent context is what is unusual.
+
+    Counted over four draws: on a single one the forest may flag no more points than the band does."""
+    band_hits = forest_hits = 0
+    for seed in range(3, 7):
+        t, x = series(n=2, days=5, seed=seed)
+        rng = np.random.default_rng(seed + 6)
+        x[0, -30:] = x[0, -60:-30] + rng.choice([-1, 1], 30) * 6.5  # ±3.2σ swings, 30 minutes long
+        band = fit_score("seasonal", t, x, len(t) - 60, np.arange(len(t) - 30, len(t))).score
+        forest = fit_score("iforest", t, x, len(t) - 60, np.arange(len(t) - 30, len(t))).score
+        band_hits, forest_hits = band_hits + (band[0] >= 1).sum(), forest_hits + (forest[0] >= 1).sum()
+        assert (forest[1] < 1).all()
+    assert band_hits < forest_hits, (band_hits, forest_hits)
 
 
 def test_iforest_scores_a_series_it_has_never_seen_without_a_refit():
@@ -121,3 +126,17 @@ def test_detectors_follow_scikit_learn_conventions():
     t, x = series(n=1, days=2)
     w = Window([(("s", "0"),)], t, x)
     assert SeasonalBaseline().fit(w).keys_  # fit returns self
+
+
+def test_iforest_stays_quiet_on_clean_days_and_still_flags_an_injected_spike():
+    """Calibration: over two days of scoring clean seasonal noise, the forest must not reach 1 by itself
+    (scored in-sample at the 0.001 quantile, ~2 % of the points did); a real spike still does."""
+    t, x = series(n=3, days=6, seed=5)
+    train, cols = 4 * 1440, np.arange(4 * 1440, 6 * 1440)
+    spike = slice(len(t) - 30, len(t) - 27)
+    x[0, spike] += 60
+    s = fit_score("iforest", t, x, train, cols).score
+    outside = np.ones_like(s, dtype=bool)
+    outside[0, spike.start - cols[0] : spike.stop - cols[0]] = False
+    assert (s[0, spike.start - cols[0] : spike.stop - cols[0]] >= 1).all()
+    assert (s[outside] < 1).all(), np.argwhere(s >= 1)

@@ -19,6 +19,7 @@ from exporter.detectors.seasonal import SeasonalBaseline
 from exporter.frame import Window
 
 DAY = 86400
+_FIT_CELLS = 2_000_000  # series × columns whose features a pooled forest is fitted on (bounds memory)
 
 
 def _trailing(z: np.ndarray, w: int) -> tuple[np.ndarray, np.ndarray]:
@@ -63,7 +64,10 @@ class IsolationForestDetector(Detector):
     Parameters
     ----------
     baseline : the SeasonalBaseline (unfitted) that provides expected values and residuals.
-    contamination : share of training points whose forest score should reach anomaly score 1.
+    contamination : share of calibration points whose forest score reaches `raw_threshold` before the
+        margin; with the margin, far fewer live points reach anomaly score 1.
+    margin : how far beyond that quantile score 1 lies, in units of the quantile's distance from the
+        median forest score (0 = at the quantile).
     per_series : fit one forest per series instead of one pooled forest.
     windows : trailing window lengths (in points) for the residual's rolling statistics.
     n_estimators, max_samples, train_rows, random_state : forest size, and how many training rows are
@@ -79,6 +83,7 @@ class IsolationForestDetector(Detector):
         self,
         baseline: SeasonalBaseline | None = None,
         contamination: float = 0.001,
+        margin: float = 0.5,
         per_series: bool = False,
         windows: tuple[int, ...] = (5, 15, 60),
         n_estimators: int = 100,
@@ -88,6 +93,7 @@ class IsolationForestDetector(Detector):
     ) -> None:
         self.baseline = baseline
         self.contamination = contamination
+        self.margin = margin
         self.per_series = per_series
         self.windows = windows
         self.n_estimators = n_estimators
@@ -110,46 +116,66 @@ class IsolationForestDetector(Detector):
             self.threshold_ = np.full(n, reuse.threshold_[0] if len(reuse.threshold_) else np.nan)
             return self
         self.forest_time_ = int(window.timestamps[-1]) if len(window.timestamps) else 0
-        # Train and calibrate on residuals computed exactly as they will be when scoring (trailing level,
-        # per-hour scale) over the last day of the window, so score 1 really is the `contamination` quantile.
+        # Residuals computed exactly as they will be when scoring (trailing level, per-hour scale), over
+        # the last two days of the window. The forest learns from the older day and is calibrated on the
+        # newest one, which it has not seen: live points come from a day it has not seen either, and a
+        # forest scores its own training trajectory (each point next to its neighbouring minutes) as more
+        # normal than any other day.
         n_t = len(window.timestamps)
         ctx = max(self.windows)
-        span = np.arange(max(0, n_t - ctx - DAY // max(1, window.step)), n_t)
+        per_day = DAY // max(1, window.step)
+        span = np.arange(max(0, n_t - ctx - 2 * per_day), n_t)
+        rng = np.random.default_rng(self.random_state)
+        if not self.per_series and n * len(span) > _FIT_CELLS:  # a pooled forest needs a sample, not all
+            sample = np.sort(rng.choice(n, max(1, _FIT_CELLS // len(span)), replace=False))
+            window = Window([window.keys[i] for i in sample], window.timestamps, window.values[sample])
         p = self.baseline_.predict(window, span)
         z = (window.values[:, span] - p.expected) / p.scale
         feats = features(z, window.timestamps[span], self.windows)[:, ctx:]
-        rng = np.random.default_rng(self.random_state)
+        split = max(feats.shape[1] - per_day, feats.shape[1] // 2)
         self.center_ = np.full(n, np.nan)
         self.threshold_ = np.full(n, np.nan)
         if self.per_series:
             self.forests_ = []
             for i in range(n):
-                forest, center, thr = self._fit_rows(feats[i], rng, self.train_rows)
+                forest, center, thr = self._fit_rows(feats[i, :split], feats[i, split:], rng)
                 self.forests_.append(forest)
                 self.center_[i], self.threshold_[i] = center, thr
         else:
-            forest, center, thr = self._fit_rows(feats.reshape(-1, feats.shape[-1]), rng, self.train_rows)
+            width = feats.shape[-1]
+            forest, center, thr = self._fit_rows(
+                feats[:, :split].reshape(-1, width), feats[:, split:].reshape(-1, width), rng
+            )
             self.forests_ = [forest]
             self.center_[:], self.threshold_[:] = center, thr
         return self
 
     def _fit_rows(
-        self, rows: np.ndarray, rng: np.random.Generator, limit: int
+        self, train: np.ndarray, calib: np.ndarray, rng: np.random.Generator
     ) -> tuple[IsolationForest | None, float, float]:
-        usable = rows[np.isfinite(rows).all(axis=1)]
-        if len(usable) < 50:  # too little history for a forest: the band alone judges this series
+        train = self._usable(train, rng)
+        calib = self._usable(calib, rng)
+        if len(train) < 50 or len(calib) < 50:  # too little history for a forest: the band alone judges
             return None, np.nan, np.nan
-        if len(usable) > limit:
-            usable = usable[rng.choice(len(usable), limit, replace=False)]
         forest = IsolationForest(
             n_estimators=self.n_estimators,
-            max_samples=min(self.max_samples, len(usable)),
+            max_samples=min(self.max_samples, len(train)),
             random_state=self.random_state,
-        ).fit(usable)
-        raw = -forest.score_samples(usable)
+        ).fit(train)
+        raw = -forest.score_samples(calib)
         center = float(np.median(raw))
-        threshold = float(np.quantile(raw, 1.0 - self.contamination))
+        # The (1 - contamination) quantile of one day is noisy, and a new day is always a little more
+        # novel to the forest than the calibration day: widen by `margin` times its distance from typical.
+        quantile = float(np.quantile(raw, 1.0 - self.contamination))
+        threshold = quantile + self.margin * (quantile - center)
         return forest, center, max(threshold, center + 1e-6)
+
+    def _usable(self, rows: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """Complete feature rows, at most `train_rows` of them (a fixed-seed sample)."""
+        rows = rows[np.isfinite(rows).all(axis=1)]
+        if len(rows) > self.train_rows:
+            rows = rows[rng.choice(len(rows), self.train_rows, replace=False)]
+        return rows
 
     def predict(self, window: Window, columns: np.ndarray) -> Prediction:
         columns = np.asarray(columns, dtype=np.int64)
