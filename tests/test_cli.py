@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def test_check_accepts_the_example_rules(capsys):
     assert main(["check", str(ROOT / "rules.yaml")]) == 0
-    assert "OK, 3 rule(s)" in capsys.readouterr().out
+    assert "OK, 7 rule(s)" in capsys.readouterr().out
 
 
 def test_check_reports_every_error_with_its_path(tmp_path, capsys):
