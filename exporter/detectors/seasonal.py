@@ -8,6 +8,7 @@ to flat series (the scale falls back to the mean absolute deviation, then to a t
 
 from __future__ import annotations
 
+import math
 from statistics import NormalDist
 from typing import Self
 
@@ -215,7 +216,7 @@ def _bucket(step: int, wanted: float) -> int:
     target = max(step, wanted)
     if target >= DAY:
         return int(target)
-    return min(d for d in range(1, DAY + 1) if DAY % d == 0 and d >= target)
+    return next(d for d in range(math.ceil(target), DAY + 1) if DAY % d == 0)  # smallest such divisor
 
 
 def _typical_daily_max(ratio: np.ndarray, t: np.ndarray, step: int) -> np.ndarray:
