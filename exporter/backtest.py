@@ -60,9 +60,9 @@ def replay(
     for b in range(first, n_t, every):
         lo = max(0, b - history)
         train = Window(keys, timestamps[lo:b], values[:, lo:b], flagged[:, lo:b])
-        fitted = model.fit(train)
+        model = model.fit(train)  # as live: the next fit may reuse this one (a pooled forest, daily)
         e = min(n_t, b + every)
-        scored = fitted.score(Window(keys, timestamps[lo:e], values[:, lo:e]), np.arange(b - lo, e - lo))
+        scored = model.score(Window(keys, timestamps[lo:e], values[:, lo:e]), np.arange(b - lo, e - lo))
         for name, arr in zip(("score", "expected", "lower", "upper"), scored, strict=True):
             out[name][:, b:e] = arr
         if rule.model.exclude_anomalies:
