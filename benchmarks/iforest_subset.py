@@ -1,6 +1,6 @@
 """Quick check of the iforest model on six synthetic series (the full harness takes ~20 min for it).
 
-    python benchmarks/iforest_subset.py [contamination]
+python benchmarks/iforest_subset.py [contamination]
 """
 
 from __future__ import annotations

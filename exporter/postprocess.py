@@ -70,9 +70,7 @@ def calibrate(
     return Scored(score=score, expected=expected, lower=expected - half, upper=expected + half)
 
 
-def _raw_score(
-    p: Prediction, dev: np.ndarray, direction: str, min_abs: float, min_rel: float
-) -> np.ndarray:
+def _raw_score(p: Prediction, dev: np.ndarray, direction: str, min_abs: float, min_rel: float) -> np.ndarray:
     """A detector's own measure on the shared scale: 0 at its typical value, 1 at its threshold.
 
     Gated like the band: zero when the deviation points the wrong way for `direction`, and scaled down

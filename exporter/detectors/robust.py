@@ -51,7 +51,7 @@ def nanquantile(a: np.ndarray, q: float) -> np.ndarray:
     pos = q * np.clip(count - 1, 0, None)
     lo = np.floor(pos).astype(np.int64)[..., None]
     hi = np.ceil(pos).astype(np.int64)[..., None]
-    frac = (pos - np.floor(pos))
+    frac = pos - np.floor(pos)
     with np.errstate(invalid="ignore"):
         low = np.take_along_axis(s, lo, axis=-1)[..., 0]
         high = np.take_along_axis(s, hi, axis=-1)[..., 0]
