@@ -11,7 +11,7 @@ from dataclasses import replace
 import numpy as np
 
 from exporter.config import RuleConfig
-from exporter.detectors import Detector, IsolationForestDetector, build_detector
+from exporter.detectors import Detector, IsolationForestDetector, SeasonalBaseline, build_detector
 from exporter.frame import Window
 from exporter.postprocess import Scored, calibrate
 
@@ -41,13 +41,12 @@ class RuleModel:
         fitted = RuleModel(self.rule)
         detector = build_detector(self.rule.model)
         previous = self.detector
-        if (
-            isinstance(detector, IsolationForestDetector)
-            and isinstance(previous, IsolationForestDetector)
-            and len(window.timestamps)
-            and int(window.timestamps[-1]) - previous.forest_time_ < FOREST_RETRAIN
-        ):
-            fitted.detector = detector.fit(training, reuse=previous)
+        if isinstance(detector, IsolationForestDetector) and isinstance(previous, IsolationForestDetector):
+            age = int(window.timestamps[-1]) - previous.forest_time_ if len(window.timestamps) else None
+            recent = age is not None and age < FOREST_RETRAIN
+            fitted.detector = detector.fit(training, reuse=previous if recent else None, previous=previous)
+        elif isinstance(detector, SeasonalBaseline) and isinstance(previous, SeasonalBaseline):
+            fitted.detector = detector.fit(training, previous=previous)
         else:
             fitted.detector = detector.fit(training)
         return fitted

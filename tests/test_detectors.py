@@ -140,3 +140,88 @@ def test_iforest_stays_quiet_on_clean_days_and_still_flags_an_injected_spike():
     outside[0, spike.start - cols[0] : spike.stop - cols[0]] = False
     assert (s[0, spike.start - cols[0] : spike.stop - cols[0]] >= 1).all()
     assert (s[outside] < 1).all(), np.argwhere(s >= 1)
+
+
+# -- weekday level jumps (seasonal baseline) ---------------------------------------------------------------
+
+MONDAY = (T0 // DAY + 1) * DAY  # T0 is a Sunday
+KEY = [(("s", "0"),)]
+NOISE = 2.0
+
+
+def weekend_series(days=15, seed=0):
+    """Daily cycle, noise σ=2 and quieter weekends (×0.7: a 30-unit step at UTC midnight), from a Monday."""
+    rng = np.random.default_rng(seed)
+    t = MONDAY + 60 * np.arange(days * 1440, dtype=np.int64)
+    weekend = (t // DAY + 3) % 7 >= 5
+    x = (100 + 40 * np.sin(2 * np.pi * (t % DAY) / DAY)) * np.where(weekend, 0.7, 1.0)
+    return t, (x + rng.normal(0, NOISE, len(t)))[None, :]
+
+
+def fit_before(t, x, col, days=8.0, model=None):
+    """Fit on `days` of history ending just before column `col` (after `model`, if given, as live)."""
+    lo = max(0, col - int(days * 1440))
+    return (model or RuleModel(RuleConfig(name="r", query="-"))).fit(Window(KEY, t[lo:col], x[:, lo:col]))
+
+
+def scores_from(fitted, t, x, col, minutes=60):
+    return fitted.score(Window(KEY, t, x), np.arange(col, col + minutes)).score[0]
+
+
+@pytest.mark.parametrize("day", [12, 14])  # the second Saturday and Monday
+def test_a_weekend_seen_last_week_does_not_page_at_its_midnight_steps(day):
+    t, x = weekend_series()
+    col = day * 1440
+    fitted = fit_before(t, x, col)
+    s = scores_from(fitted, t, x, col)
+    assert np.nanmax(s) < 1, np.nanmax(s)
+    # ...because the expected value steps with it, not because last week's steps widened the band
+    band = fitted.score(Window(KEY, t, x), np.array([col]))
+    half_width = (band.upper - band.lower)[0, 0] / 2
+    assert half_width < fitted.rule.z_threshold * 2 * NOISE, half_width  # within 2x the noise σ
+
+
+@pytest.mark.parametrize("hour", [0, 12])
+def test_a_midweek_level_shift_of_the_same_size_still_pages(hour):
+    t, x = weekend_series()
+    col = 9 * 1440 + hour * 60  # Wednesday of the second week: no jump was learned for it
+    x[0, col:] *= 0.7
+    s = scores_from(fit_before(t, x, col), t, x, col, minutes=20)
+    assert (s >= 1).all(), s
+
+
+def test_a_week_of_history_keeps_the_jump_its_previous_fit_saw():
+    """With exactly 7 days, the fit at Saturday midnight starts at last Saturday's midnight and cannot see
+    the step there; the fit an hour earlier could, and lends it."""
+    t, x = weekend_series()
+    col = 12 * 1440
+    alone = fit_before(t, x, col, days=7)
+    chained = fit_before(t, x, col, days=7, model=fit_before(t, x, col - 60, days=7))
+    assert np.nanmax(scores_from(alone, t, x, col)) >= 1
+    assert np.nanmax(scores_from(chained, t, x, col)) < 1
+
+
+@pytest.mark.parametrize(
+    ("what", "start", "length"),
+    [
+        ("a day-long incident from Wednesday 06:00", 2 * 1440 + 360, 1440),
+        ("a lasting shift on Thursday at noon", 3 * 1440 + 720, None),
+    ],
+)
+def test_level_changes_away_from_midnight_do_not_page_at_next_weeks_midnights(what, start, length):
+    """Only steps at midnight teach weekday jumps: last Wednesday's incident or Thursday's shift don't."""
+    t, x = weekend_series()
+    x[0, start : start + length if length else None] -= 30
+    for day in range(8, 15):
+        s = scores_from(fit_before(t, x, day * 1440), t, x, day * 1440)
+        assert np.nanmax(s) < 1, (what, day, np.nanmax(s))
+
+
+def test_iforest_baseline_also_keeps_the_jump_its_previous_fit_saw():
+    t, x = weekend_series()
+    col = 12 * 1440
+    rule = RuleConfig(name="r", query="-", model=ModelConfig(type="iforest"))
+    alone = fit_before(t, x, col, days=7, model=RuleModel(rule))
+    chained = fit_before(t, x, col, days=7, model=fit_before(t, x, col - 60, days=7, model=RuleModel(rule)))
+    assert alone.detector.baseline_.jumps_[0, 5] == 0  # Saturday's step is at this window's very start
+    assert chained.detector.baseline_.jumps_[0, 5] < -20

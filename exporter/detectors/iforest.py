@@ -74,6 +74,7 @@ class IsolationForestDetector(Detector):
         sampled (fixed seed: the same data gives the same scores).
     """
 
+    baseline_: SeasonalBaseline
     forests_: list[IsolationForest | None]
     forest_time_: int
     center_: np.ndarray
@@ -101,12 +102,18 @@ class IsolationForestDetector(Detector):
         self.train_rows = train_rows
         self.random_state = random_state
 
-    def fit(self, window: Window, reuse: IsolationForestDetector | None = None) -> Self:
+    def fit(
+        self,
+        window: Window,
+        reuse: IsolationForestDetector | None = None,
+        previous: IsolationForestDetector | None = None,
+    ) -> Self:
         """Fit the baseline, then the forest — or, with `reuse` (a fitted pooled detector), keep its forest
         and calibration and refit only the cheap baseline: the forest judges residual shapes, which change
-        far more slowly than levels and profiles."""
+        far more slowly than levels and profiles. `previous` (the detector fitted before) lends its
+        baseline what this window cannot show (see SeasonalBaseline.fit)."""
         base = self.baseline if self.baseline is not None else SeasonalBaseline()
-        self.baseline_ = base.fit(window)
+        self.baseline_ = base.fit(window, previous=previous.baseline_ if previous is not None else None)
         self.keys_ = self.baseline_.keys_
         n = len(window.keys)
         if reuse is not None and not self.per_series and not reuse.per_series:

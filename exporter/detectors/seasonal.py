@@ -4,10 +4,17 @@ Vectorized over every series of a rule: profiles are per-slot medians of (series
 a rule with thousands of series is a few array passes, never a Python loop per series or per point.
 Robust to outliers in its own training window (medians and MAD, not means), to gaps (NaN is ignored) and
 to flat series (the scale falls back to the mean absolute deviation, then to a tiny floor).
+
+A week of history cannot support a weekly profile (that needs two), yet quieter weekends would page at
+every weekend start and end until the trailing level caught up. So a series with a daily (or no) profile
+also learns, per weekday, the step of its level at the UTC midnight starting that day — seen once in a
+week of history, trusted only where it stands out from the series' ordinary level changes — and the
+expected value takes that step at the next such midnight. Weekly patterns are assumed aligned to UTC days.
 """
 
 from __future__ import annotations
 
+import math
 from statistics import NormalDist
 from typing import Self
 
@@ -23,10 +30,13 @@ PERIODS = {"none": 0, "daily": DAY, "weekly": WEEK}
 _CHUNK_CELLS = 4_000_000  # series rows × columns processed at once, to bound peak memory while fitting
 SCALE_SLOT = 3600  # the noise level is learned per hour of the day (or week): busy hours are noisier
 TAIL_Q, TAIL_Z = 0.99, 2.576  # the 99th percentile of |residual| is 2.576 σ for normal noise
+JUMP_SPAN = 7200  # seconds of data either side of a UTC midnight compared to learn a weekday's jump
+JUMP_Z, JUMP_Q = 6.0, 0.95  # it counts beyond 6 robust σ and the 95th percentile of the other span changes
 
 
 class SeasonalBaseline(Detector):
-    """Per-series seasonal profile (none / daily / weekly) plus a trailing robust level.
+    """Per-series seasonal profile (none / daily / weekly), weekday level jumps at UTC midnight (when the
+    profile is not weekly) and a trailing robust level.
 
     Parameters
     ----------
@@ -53,7 +63,9 @@ class SeasonalBaseline(Detector):
         self.min_gain = min_gain
 
     # -- fitting ---------------------------------------------------------------------------------
-    def fit(self, window: Window) -> Self:
+    def fit(self, window: Window, previous: SeasonalBaseline | None = None) -> Self:
+        """Learn from the window; `previous` (the model fitted before on the same rule, if any) lends the
+        weekday jumps this window cannot measure, such as the midnight at its very start."""
         if self.seasonality not in ("auto", *PERIODS):
             raise ValueError(f"seasonality must be auto, none, daily or weekly (got {self.seasonality!r})")
         step = window.step or 1
@@ -70,9 +82,16 @@ class SeasonalBaseline(Detector):
         self.sigma_ = np.full(n, np.nan)
         self.level_ = np.full(n, np.nan)
         self.period_ = np.zeros(n, dtype=np.int64)
+        self.jumps_ = np.zeros((n, 7))  # level step entering each weekday (Monday = 0) at UTC midnight
+        self.ref_day_ = int(window.timestamps[-1]) // DAY if n_t else 0  # day where the summed jumps are 0
+        carried = np.full((n, 7), np.nan)
+        if previous is not None and hasattr(previous, "jumps_"):
+            before = previous._fitted_rows(window.keys)
+            carried = np.where((before >= 0)[:, None], previous.jumps_[np.maximum(before, 0)], np.nan)
         rows_per_chunk = max(1, _CHUNK_CELLS // max(n_t, 1))
         for lo in range(0, n, rows_per_chunk):
-            self._fit_rows(window, slice(lo, min(n, lo + rows_per_chunk)), candidates)
+            rows = slice(lo, min(n, lo + rows_per_chunk))
+            self._fit_rows(window, rows, candidates, carried[rows])
         counts = (~np.isnan(window.values)).sum(axis=1)
         warm = counts * step >= self.min_history
         self.sigma_[~warm] = np.nan  # not enough history yet: unknown, never "normal"
@@ -85,7 +104,7 @@ class SeasonalBaseline(Detector):
             return [PERIODS[self.seasonality]]
         return [p for p in (0, DAY, WEEK) if p == 0 or span >= 2 * p]
 
-    def _fit_rows(self, window: Window, rows: slice, candidates: list[int]) -> None:
+    def _fit_rows(self, window: Window, rows: slice, candidates: list[int], carried: np.ndarray) -> None:
         x = window.values[rows]
         t = window.timestamps
         best_sigma = None
@@ -108,17 +127,22 @@ class SeasonalBaseline(Detector):
             self.profile_[rows][idx] = tiled[idx, :n_slots]
             self.sigma_[rows][idx] = sigma[idx]
             self.period_[rows][idx] = period
-            self.level_[rows][idx] = nanmedian(deseason[idx, -self.level_cols_ :])
             best_sigma = sigma if best_sigma is None else np.where(better, sigma, best_sigma)
+        deseason = x - self.profile_[rows][:, self._slots(t, self.slot_period_)]
+        jumps = _midnight_jumps(deseason, t, self.step_)
+        jumps = np.where(np.isnan(jumps), carried, jumps)  # e.g. the midnight at the window's very start
+        jumps[self.period_[rows] == WEEK] = 0.0  # a weekly profile already holds the weekday pattern
+        self.jumps_[rows] = np.nan_to_num(jumps)
+        deseason -= self._offsets(self.jumps_[rows], t)
+        self.level_[rows] = nanmedian(deseason[:, -self.level_cols_ :])
         floor = 1e-9 + 1e-9 * np.abs(np.nan_to_num(self.level_[rows]))
         self.sigma_[rows] = np.maximum(self.sigma_[rows], floor)
-        self.scale_[rows] = self._scale(x, t, self.profile_[rows], self.sigma_[rows])
+        self.scale_[rows] = self._scale(deseason, t, self.sigma_[rows])
 
-    def _scale(self, x: np.ndarray, t: np.ndarray, profile: np.ndarray, sigma: np.ndarray) -> np.ndarray:
+    def _scale(self, deseason: np.ndarray, t: np.ndarray, sigma: np.ndarray) -> np.ndarray:
         """Noise scale per series and hour slot: robust σ of the residual in that hour of the day/week
         (at least half the series-wide σ), inflated where the residual's tail is heavier than normal so
         a burst-prone series does not page on its ordinary bursts."""
-        deseason = x - profile[:, self._slots(t, self.slot_period_)]
         resid = deseason - self._block_level(deseason)
         n_scale = max(1, self.scale_period_ // SCALE_SLOT)
         hour = self._hours(t)
@@ -130,6 +154,20 @@ class SeasonalBaseline(Detector):
         ratio = np.abs(resid) / slot_sigma[:, hour]
         tail = np.fmax(nanquantile(ratio, TAIL_Q) / TAIL_Z, _typical_daily_max(ratio, t, self.step_))
         return slot_sigma * np.fmax(tail, 1.0)[:, None]
+
+    def _offsets(self, jumps: np.ndarray, t: np.ndarray) -> np.ndarray:
+        """Per series and timestamp, the weekday jumps summed from the reference day to the timestamp's day:
+        the level the weekly pattern adds on that day, 0 on the reference day."""
+        if not len(t):
+            return np.zeros((len(jumps), 0))
+        days = t // DAY
+        lo, hi = min(int(days.min()), self.ref_day_), max(int(days.max()), self.ref_day_)
+        k = np.arange(lo, hi + 1)
+        steps = jumps[:, (k + 3) % 7]  # the jump entering day k (1970-01-01 was a Thursday; Monday = 0)
+        steps[:, 0] = 0.0
+        c = np.cumsum(steps, axis=1)
+        c -= c[:, self.ref_day_ - lo][:, None]
+        return c[:, days - lo]
 
     def _hours(self, t: np.ndarray) -> np.ndarray:
         """Scale slot (hour of the day or week) of each timestamp."""
@@ -179,7 +217,8 @@ class SeasonalBaseline(Detector):
         lo = max(0, int(columns.min()) - self.level_cols_) if k else 0
         hi = int(columns.max()) if k else 0
         span = np.arange(lo, hi)
-        season_span = self.profile_[r][:, slot_of[span]].astype(np.float64)
+        jumps = self.jumps_[r]
+        season_span = self.profile_[r][:, slot_of[span]] + self._offsets(jumps, t[span])
         deseason = window.values[:, lo:hi] - season_span
         level = np.empty((len(rows), k))
         for i, col in enumerate(columns):  # one vectorized median per predicted column (few per cycle)
@@ -187,7 +226,7 @@ class SeasonalBaseline(Detector):
             trailing = deseason[:, a:b]
             enough = (~np.isnan(trailing)).sum(axis=1) >= max(1, (b - a) // 4)
             level[:, i] = np.where(enough, nanmedian(trailing) if b > a else np.nan, self.level_[r])
-        expected = self.profile_[r][:, slot_of[columns]] + level
+        expected = self.profile_[r][:, slot_of[columns]] + self._offsets(jumps, t[columns]) + level
         scale = self.scale_[r][:, self._hours(t[columns])]
         expected[~known] = np.nan
         scale[~known] = np.nan
@@ -215,7 +254,7 @@ def _bucket(step: int, wanted: float) -> int:
     target = max(step, wanted)
     if target >= DAY:
         return int(target)
-    return min(d for d in range(1, DAY + 1) if DAY % d == 0 and d >= target)
+    return next(d for d in range(math.ceil(target), DAY + 1) if DAY % d == 0)  # smallest such divisor
 
 
 def _typical_daily_max(ratio: np.ndarray, t: np.ndarray, step: int) -> np.ndarray:
@@ -241,3 +280,34 @@ def _typical_daily_max(ratio: np.ndarray, t: np.ndarray, step: int) -> np.ndarra
         1.0 - 1.0 / (2.0 * per_day)
     )  # the usual max of |z| over a day of normal noise
     return np.where(np.isnan(typical), 1.0, typical / expected)
+
+
+def _midnight_jumps(deseason: np.ndarray, t: np.ndarray, step: int) -> np.ndarray:
+    """Per series and weekday (Monday = 0), the step of the deseasonalised level at the UTC midnight that
+    starts that day: the median of the JUMP_SPAN after it minus the median of the JUMP_SPAN before it.
+
+    Only a step at midnight counts, so a level shift or an incident at any other hour teaches nothing.
+    NaN where the window holds no such midnight with enough data on both sides (the caller keeps what it
+    knew); 0 where the step does not stand out from the series' ordinary level changes between consecutive
+    spans (more than JUMP_Z robust σ of them and more than their JUMP_Q quantile), so noisy, wandering or
+    bursty series learn no jumps.
+    """
+    jumps = np.full((len(deseason), 7), np.nan)
+    if step >= DAY or len(t) < 2:
+        return jumps
+    span = _bucket(step, JUMP_SPAN)  # divides a day, so spans start at midnight
+    block = t // span - t[0] // span
+    cube, valid = _cube(deseason, block, int(block[-1]) + 1)
+    level = np.where(valid >= max(1, span // step // 4), nanmedian(cube), np.nan)
+    change = level[:, 1:] - level[:, :-1]  # change[:, i] happens at the start of block i + 1
+    if not change.shape[1]:
+        return jumps
+    starts = (t[0] // span + 1 + np.arange(change.shape[1])) * span
+    midnight = starts % DAY == 0
+    weekday = (starts[midnight] // DAY + 3) % 7  # 1970-01-01 was a Thursday
+    jumps = nanmedian(_cube(change[:, midnight], weekday, 7)[0])  # NaN for a weekday with no midnight
+    ordinary = np.where(midnight, np.nan, change)
+    bar = np.fmax(JUMP_Z * robust_sigma(ordinary), nanquantile(np.abs(ordinary), JUMP_Q))
+    with np.errstate(invalid="ignore"):
+        stands_out = np.abs(jumps) > bar[:, None]
+    return np.where(np.isnan(jumps) | stands_out, jumps, 0.0)
