@@ -36,7 +36,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--labels", help="anomaly windows: NAB combined_windows.json or a JSON list of [start, end]"
     )
     p.add_argument("--profiles", help="NAB profiles.json for NAB scores (default: beside --labels)")
-    p.add_argument("--report", help="write an HTML report with the series, band, score and alert spans")
+    p.add_argument(
+        "--report",
+        help="write an HTML report with the series, band, score and alert spans (a .svg name: one picture"
+        " of the highest-scoring series)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress output")
 
 
@@ -60,9 +64,10 @@ def run(args: argparse.Namespace) -> int:
             return 2
         _print_metrics(result, windows, args)
     if args.report:
-        from exporter.report import write_report
+        from exporter.report import write_report, write_svg
 
-        write_report(args.report, result, windows=windows, title=Path(args.input or rule.name).name)
+        write = write_svg if args.report.lower().endswith(".svg") else write_report
+        write(args.report, result, windows=windows, title=Path(args.input or rule.name).name)
         print(f"wrote {args.report}", file=sys.stderr)
     return 0
 

@@ -29,6 +29,14 @@ LEGEND = (
     "<i style='background:#e0302a44'></i>alert firing<i style='background:#e8b40055'></i>labelled window"
     "<i style='background:#7b3fb3'></i>anomaly score"
 )
+SVG_LEGEND = (
+    ("observed", "#1d5fbf"),
+    ("expected band", "#6f9fdc88"),
+    ("alert firing", "#e0302a55"),
+    ("labelled window", "#e8b40066"),
+    ("anomaly score", "#7b3fb3"),
+    ("score ≥ 1", "#d01c1c"),
+)
 CSS = """body{font:14px system-ui,sans-serif;margin:16px auto;max-width:1100px;color:#222;padding:0 12px}
 h1{font-size:20px;margin:0 0 4px}
 h2{font:600 14px ui-monospace,monospace;margin:22px 0 2px;word-break:break-all}
@@ -104,7 +112,10 @@ class _Scale:
         return np.clip(y, TOP, self.h - BOTTOM) if clip else y
 
 
-def _series(r: BacktestResult, i: int, axis: _Axis, windows: np.ndarray, title: str, max_points: int) -> str:
+def _panels(
+    r: BacktestResult, i: int, axis: _Axis, windows: np.ndarray, max_points: int
+) -> tuple[str, str, str]:
+    """Summary line and the two panels (value and band; score) of series `i`, as SVG fragments."""
     t, values, score, alert = r.timestamps, r.values[i], r.score[i], np.asarray(r.alert[i], dtype=bool)
     b = math.ceil(len(t) / max_points)  # points per bucket; 1 = no decimation
     starts, ends = _runs(alert)  # from the full-resolution alert, never the decimated one
@@ -159,11 +170,53 @@ def _series(r: BacktestResult, i: int, axis: _Axis, windows: np.ndarray, title: 
         + _el("score", _path(axis.x(t[idx]), y2.px(s)))
         + _el("clip", "".join(f"M{x:g},{TOP - 2}l3,6h-6z" for x in over), f"score above {_num(top)}, clipped")
     )
+    return summary, panel1, panel2
+
+
+def _series(r: BacktestResult, i: int, axis: _Axis, windows: np.ndarray, title: str, max_points: int) -> str:
+    summary, panel1, panel2 = _panels(r, i, axis, windows, max_points)
     return (
         f"<section><h2>{html.escape(_labels(r.keys[i], title))}</h2><p class='sum'>{html.escape(summary)}</p>"
         f"<svg viewBox='0 0 {W} {H1}' role='img'>{panel1}</svg>"
         f"<svg viewBox='0 0 {W} {H2}' role='img'>{panel2}</svg></section>"
     )
+
+
+def write_svg(
+    path: str | Path,
+    result: BacktestResult,
+    *,
+    windows: Sequence[tuple[int, int]] = (),
+    title: str = "Backtest",
+    max_points: int = 2000,
+) -> None:
+    """One standalone SVG picture (styles inside) of the series with the highest max score: value, expected
+    band, alert and labelled-window spans, and the score against its threshold line. For READMEs and chats."""
+    t = np.asarray(result.timestamps, dtype=np.int64)
+    if len(t) == 0 or not len(result.keys):
+        raise ValueError("nothing to draw: the backtest has no series or no timestamps")
+    peak = np.fmax.reduce(result.score, axis=1, initial=-np.inf)
+    i = int(np.argmax(peak))
+    spans = np.array(windows, dtype="datetime64[s]").astype(np.int64).reshape(-1, 2)
+    axis = _Axis(float(t[0]), float(max(t[-1], t[0] + 1)))
+    summary, panel1, panel2 = _panels(result, i, axis, spans, max(2, max_points))
+    head = 44  # title, summary and legend lines above the panels
+    legend = "".join(
+        f"<rect x='{LEFT + k * 150}' y='32' width='14' height='9' style='fill:{color}'/>"
+        f"<text x='{LEFT + k * 150 + 18}' y='40'>{html.escape(name)}</text>"
+        for k, (name, color) in enumerate(SVG_LEGEND)
+    )
+    svg_css = CSS[CSS.index("svg text") :]
+    text = (
+        f"<svg xmlns='http://www.w3.org/2000/svg' viewBox='0 0 {W} {head + H1 + H2}' role='img'>"
+        f"<style>{svg_css}.title{{font:600 14px sans-serif;fill:#222}}</style>"
+        f"<rect width='100%' height='100%' fill='#fff'/>"
+        f"<text class='title' x='{LEFT}' y='14'>{html.escape(_labels(result.keys[i], title))}</text>"
+        f"<text x='{LEFT}' y='28'>{html.escape(summary)}</text>{legend}"
+        f"<g transform='translate(0,{head})'>{panel1}</g><g transform='translate(0,{head + H1})'>{panel2}</g>"
+        "</svg>\n"
+    )
+    Path(path).write_text(text, encoding="utf-8")
 
 
 def _frame(axis: _Axis, ys: _Scale, labels: bool) -> str:

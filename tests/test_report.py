@@ -4,9 +4,10 @@ import re
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from exporter.backtest import BacktestResult
-from exporter.report import LEFT, RIGHT, W, write_report
+from exporter.report import LEFT, RIGHT, W, write_report, write_svg
 
 T0, STEP = 1_700_000_000, 60
 EVIL = ("instance", '<script>alert("x")</script>')
@@ -122,3 +123,19 @@ def test_empty_result(tmp_path: Path) -> None:
     out = tmp_path / "r.html"
     write_report(out, empty)
     assert "No data" in out.read_text(encoding="utf-8")
+
+
+def test_svg_picture_is_standalone_valid_xml_of_the_worst_series(tmp_path: Path) -> None:
+    import xml.etree.ElementTree as ET
+
+    out = tmp_path / "pic.svg"
+    write_svg(out, two_series(), windows=[(T0 + 115 * STEP, T0 + 135 * STEP)], title="t")
+    text = out.read_text()
+    root = ET.fromstring(text)  # well-formed XML, escaped labels included
+    assert root.tag == "{http://www.w3.org/2000/svg}svg"
+    assert "<style>" in text and "<script" not in text  # the evil label value is escaped
+    assert "job=&quot;api&quot;" in text or 'job="api"' in text  # series 0 has the highest score
+    assert text.count("<rect class='alert'") == 2 and text.count("<rect class='window'") == 2
+    assert len(paths(text, "score")) == 1 and len(paths(text, "hit")) == 1
+    with pytest.raises(ValueError, match="nothing to draw"):
+        write_svg(tmp_path / "empty.svg", result(np.empty((0, 0)), np.empty((0, 0))))
