@@ -124,3 +124,140 @@ Name of the PVC holding the state directory.
 {{- define "anomaly-exporter.claimName" -}}
 {{- default (include "anomaly-exporter.fullname" .) .Values.persistence.existingClaim }}
 {{- end }}
+
+{{/*
+The exporter pod (template metadata and spec), shared by the Deployment and the sharded StatefulSet so the
+two can't drift apart. Only the shard flags and where the storage volume comes from depend on the mode.
+*/}}
+{{- define "anomaly-exporter.podTemplate" -}}
+{{- $secretName := include "anomaly-exporter.secretName" . }}
+metadata:
+  annotations:
+    # A changed rules file or secret rolls the pods.
+    checksum/config: {{ include (print $.Template.BasePath "/configmap.yaml") . | sha256sum }}
+    checksum/secret: {{ include (print $.Template.BasePath "/secret.yaml") . | sha256sum }}
+    {{- with .Values.podAnnotations }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
+  labels:
+    {{- include "anomaly-exporter.labels" . | nindent 4 }}
+    {{- with .Values.podLabels }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
+spec:
+  serviceAccountName: {{ include "anomaly-exporter.serviceAccountName" . }}
+  automountServiceAccountToken: {{ .Values.serviceAccount.automountServiceAccountToken }}
+  {{- with .Values.imagePullSecrets }}
+  imagePullSecrets:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  {{- with .Values.priorityClassName }}
+  priorityClassName: {{ . }}
+  {{- end }}
+  {{- with .Values.podSecurityContext }}
+  securityContext:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  terminationGracePeriodSeconds: {{ .Values.terminationGracePeriodSeconds }}
+  containers:
+    - name: anomaly-exporter
+      image: {{ include "anomaly-exporter.image" . | quote }}
+      imagePullPolicy: {{ .Values.image.pullPolicy }}
+      args:
+        - --config.file=/etc/anomaly-exporter/rules.yaml
+        - --web.listen-address=:9866
+        - --storage.path=/var/lib/anomaly-exporter
+        - --log.level={{ .Values.log.level }}
+        - --log.format={{ .Values.log.format }}
+        {{- range .Values.extraArgs }}
+        - {{ . | quote }}
+        {{- end }}
+      {{- with .Values.extraEnv }}
+      env:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
+      ports:
+        - name: http-metrics
+          containerPort: 9866
+          protocol: TCP
+      {{- with .Values.startupProbe }}
+      startupProbe:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
+      {{- with .Values.livenessProbe }}
+      livenessProbe:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
+      {{- with .Values.readinessProbe }}
+      readinessProbe:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
+      {{- with .Values.resources }}
+      resources:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
+      {{- with .Values.securityContext }}
+      securityContext:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
+      volumeMounts:
+        - name: config
+          mountPath: /etc/anomaly-exporter
+          readOnly: true
+        {{- if $secretName }}
+        # Nested in the config mount; the kubelet creates the mount point (Kubernetes >= 1.10).
+        - name: secrets
+          mountPath: {{ .Values.secretsMountPath }}
+          readOnly: true
+        {{- end }}
+        - name: storage
+          mountPath: /var/lib/anomaly-exporter
+        - name: tmp
+          mountPath: /tmp
+        {{- with .Values.extraVolumeMounts }}
+        {{- toYaml . | nindent 8 }}
+        {{- end }}
+  volumes:
+    - name: config
+      configMap:
+        name: {{ include "anomaly-exporter.configMapName" . }}
+        items:
+          - key: {{ include "anomaly-exporter.configMapKey" . }}
+            path: rules.yaml
+    {{- if $secretName }}
+    - name: secrets
+      secret:
+        secretName: {{ $secretName }}
+        # Readable by the owner and fsGroup only.
+        defaultMode: 0440
+    {{- end }}
+    - name: storage
+      {{- if .Values.persistence.enabled }}
+      persistentVolumeClaim:
+        claimName: {{ include "anomaly-exporter.claimName" . }}
+      {{- else }}
+      # Survives container restarts (alert state is not re-sent or forgotten), not pod rescheduling.
+      emptyDir: {}
+      {{- end }}
+    - name: tmp
+      emptyDir: {}
+    {{- with .Values.extraVolumes }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
+  {{- with .Values.nodeSelector }}
+  nodeSelector:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  {{- with .Values.affinity }}
+  affinity:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  {{- with .Values.tolerations }}
+  tolerations:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  {{- with .Values.topologySpreadConstraints }}
+  topologySpreadConstraints:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+{{- end }}
