@@ -17,7 +17,7 @@ from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
 from exporter import __version__, backtest_cmd
-from exporter.alerting import Alerting
+from exporter.alert_registry import Alerting
 from exporter.collector import AnomalyCollector
 from exporter.config import Config, ConfigError, PrometheusConfig, json_schema, load_config, parse_config
 from exporter.logs import setup_logging

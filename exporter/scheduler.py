@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from exporter.alerting import Alerting
+from exporter.alert_registry import Alerting
 from exporter.config import Config, PrometheusConfig
 from exporter.pipeline import RuleRunner, Source
 from exporter.store import Store

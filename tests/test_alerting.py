@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from exporter.alerting import Alerting, Latest, RuleAlerts
+from exporter.alert_registry import Alerting
+from exporter.alerting import Latest, RuleAlerts
 from exporter.config import AlertConfig, RuleConfig
 from exporter.notification import Batch
 

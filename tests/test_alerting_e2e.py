@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from exporter.alerting import Alerting
+from exporter.alert_registry import Alerting
 from exporter.config import parse_config
 from exporter.demo import DemoSource
 from exporter.notify import Notifier
