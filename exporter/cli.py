@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
 from collections.abc import Callable, Sequence
@@ -25,6 +26,7 @@ from exporter.notify import Notifier
 from exporter.pipeline import Source
 from exporter.scheduler import Scheduler
 from exporter.server import WebApp, WebServer, parse_listen_address
+from exporter.sharding import Shard, ShardError, parse_shard
 from exporter.store import Store
 
 log = logging.getLogger("exporter")
@@ -66,6 +68,20 @@ def build_parser() -> argparse.ArgumentParser:
             default=0,
             help="rule jobs run at the same time (default: number of rules + 2, at least 4)",
         )
+        p.add_argument(
+            "--shard.count",
+            dest="shard_count",
+            type=int,
+            default=1,
+            help="replicas sharing the series of every rule (default 1: no sharding)",
+        )
+        p.add_argument(
+            "--shard.index",
+            dest="shard_index",
+            default="0",
+            help="this replica's shard, 0..count-1, or 'auto': the ordinal ending the hostname "
+            "(a StatefulSet pod <name>-<ordinal>)",
+        )
 
     run = sub.add_parser("run", help="run the exporter (the default command)")
     run.add_argument(
@@ -100,13 +116,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "schema":
         print(json.dumps(json_schema(), indent=2))
         return 0
+    try:
+        shard = parse_shard(args.shard_index, args.shard_count, socket.gethostname())
+    except ShardError as exc:
+        print(exc, file=sys.stderr)
+        return 2
     setup_logging(args.log_level, args.log_format)
     if args.command == "demo":
         from exporter.demo import DEMO_RULES, DemoSource
 
         source = DemoSource()
         config = parse_config(DEMO_RULES, source="<demo rules>")
-        return serve(config, args, lambda _cfg: source, reload=None)
+        return serve(config, args, lambda _cfg: source, reload=None, shard=shard)
     try:
         config = load_config(args.config_file)
     except ConfigError as exc:
@@ -115,7 +136,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     from exporter.reader import PrometheusReader
 
-    return serve(config, args, PrometheusReader, reload=lambda: load_config(args.config_file))
+    return serve(config, args, PrometheusReader, reload=lambda: load_config(args.config_file), shard=shard)
 
 
 def _check(path: str) -> int:
@@ -154,8 +175,13 @@ def serve(
     args: argparse.Namespace,
     source_factory: Callable[[PrometheusConfig], Source],
     reload: Callable[[], Config] | None,
+    shard: Shard | None = None,
 ) -> int:
-    """Run the scheduler and web server until SIGTERM/SIGINT; SIGHUP (and /-/reload) re-reads the rules."""
+    """Run the scheduler and web server until SIGTERM/SIGINT; SIGHUP (and /-/reload) re-reads the rules.
+
+    With a `shard`, every rule keeps (scores, exports, alerts on) only this replica's share of the series.
+    """
+    shard = shard or Shard()
     try:
         host, port = parse_listen_address(args.listen)
     except ValueError as exc:
@@ -172,13 +198,13 @@ def serve(
         Notifier(config.receivers), state_file, external_url=prometheus.external_url or prometheus.url
     )
     registry = CollectorRegistry()
-    registry.register(AnomalyCollector(store, alerting))
+    registry.register(AnomalyCollector(store, alerting, shard))
     ProcessCollector(registry=registry)
     PlatformCollector(registry=registry)
     GCCollector(registry=registry)
     # one worker per rule (each rule runs one job at a time), so a slow rule never queues the others
     workers = args.workers or max(4, len(config.rules) + 2)
-    scheduler = Scheduler(store, source_factory, workers=workers, alerting=alerting)
+    scheduler = Scheduler(store, source_factory, workers=workers, alerting=alerting, shard=shard)
     scheduler.apply(config)
     reload_lock = threading.Lock()
     receivers = config.receivers
@@ -204,7 +230,7 @@ def serve(
             log.info("rules reloaded")
             return None
 
-    app = WebApp(store, registry, reload=do_reload, enable_lifecycle=args.lifecycle)
+    app = WebApp(store, registry, reload=do_reload, enable_lifecycle=args.lifecycle, shard=shard)
     try:
         server = WebServer(app, host, port)
     except OSError as exc:
@@ -217,7 +243,14 @@ def serve(
         signal.signal(signal.SIGHUP, lambda *_: threading.Thread(target=do_reload, name="reload").start())
     scheduler.start()
     server.start()
-    log.info("listening on %s:%d (version %s, %d rule(s))", host, server.port, __version__, len(config.rules))
+    log.info(
+        "listening on %s:%d (version %s, %d rule(s), shard %s)",
+        host,
+        server.port,
+        __version__,
+        len(config.rules),
+        shard,
+    )
     # Wake up regularly: a signal delivered to another thread only runs its handler once the main thread
     # executes Python code again, which a bare wait() would postpone forever.
     while not stop.wait(0.5):

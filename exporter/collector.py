@@ -15,6 +15,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from exporter import __version__
+from exporter.sharding import Shard
 from exporter.store import Store
 
 _SCHEDULE_NOTE = "Computed by the exporter every rule interval, not at scrape time."
@@ -97,9 +98,10 @@ NOTIFICATION_COUNTERS = (  # (name, HELP, DeliveryStats attribute)
 class AnomalyCollector(Collector):
     """Exports per-series anomaly gauges plus the exporter's own health metrics from a Store."""
 
-    def __init__(self, store: Store, alerting: AlertCounts | None = None) -> None:
+    def __init__(self, store: Store, alerting: AlertCounts | None = None, shard: Shard | None = None) -> None:
         self._store = store
         self._alerting = alerting
+        self._shard = shard
 
     def collect(self) -> Iterator[Metric]:
         snapshots = self._store.snapshots()
@@ -204,3 +206,11 @@ class AnomalyCollector(Collector):
         )
         info.add_metric([__version__, platform.python_version()], 1.0)
         yield info
+        if self._shard is not None:
+            shard = GaugeMetricFamily(
+                "anomaly_exporter_shard_info",
+                "This replica's shard (--shard.index of --shard.count), as labels; always 1.",
+                labels=["index", "count"],
+            )
+            shard.add_metric([str(self._shard.index), str(self._shard.count)], 1.0)
+            yield shard

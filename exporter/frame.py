@@ -26,6 +26,29 @@ class Window:
         return int(self.timestamps[1] - self.timestamps[0]) if len(self.timestamps) > 1 else 0
 
 
+class Admitter:
+    """`keep` callback of one incremental query: see SeriesFrame.admitter."""
+
+    def __init__(self, frame: SeriesFrame, owns: Callable[[SeriesKey], bool] | None) -> None:
+        self._frame = frame  # looked up live: drop_absent may run while the query is in flight
+        self._room = frame.max_series - len(frame)
+        self._owns = owns
+        self._pending: set[SeriesKey] = set()
+        self.over_cap = 0  # new series rejected because the frame is full (not those of other shards)
+
+    def __call__(self, key: SeriesKey) -> bool:
+        if key in self._frame or key in self._pending:
+            return True
+        if self._owns is not None and not self._owns(key):
+            return False  # another replica's series: never stored here, and not "dropped" either
+        if self._room <= 0:
+            self.over_cap += 1
+            return False
+        self._room -= 1
+        self._pending.add(key)
+        return True
+
+
 class SeriesFrame:
     """Bounded per-rule history: rows are series (at most `max_series`), columns the step grid (`capacity`).
 
@@ -52,6 +75,9 @@ class SeriesFrame:
     # -- reading ---------------------------------------------------------------------------------
     def __len__(self) -> int:
         return len(self.keys)
+
+    def __contains__(self, key: SeriesKey) -> bool:
+        return key in self._index
 
     @property
     def empty(self) -> bool:
@@ -84,21 +110,10 @@ class SeriesFrame:
         self._flags[: len(flagged), col] = flagged
 
     # -- admission -------------------------------------------------------------------------------
-    def admitter(self) -> Callable[[SeriesKey], bool]:
-        """A `keep` callback for the reader: known series, plus new ones while there is room."""
-        room = [self.max_series - len(self.keys)]
-        pending: set[SeriesKey] = set()
-
-        def keep(key: SeriesKey) -> bool:
-            if key in self._index or key in pending:
-                return True
-            if room[0] <= 0:
-                return False
-            room[0] -= 1
-            pending.add(key)
-            return True
-
-        return keep
+    def admitter(self, owns: Callable[[SeriesKey], bool] | None = None) -> Admitter:
+        """A `keep` callback for the reader: known series, plus new ones (that `owns` accepts) while there
+        is room. Its `over_cap` counts the new series turned away for lack of room only."""
+        return Admitter(self, owns)
 
     # -- writing ---------------------------------------------------------------------------------
     def merge(self, result: RangeResult) -> int:

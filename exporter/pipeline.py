@@ -6,7 +6,6 @@ it never escapes to the scheduler, so one rule can't stop another.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import threading
 import time
@@ -21,9 +20,11 @@ from exporter.config import RuleConfig
 from exporter.frame import SeriesFrame
 from exporter.model import RuleModel
 from exporter.reader import RangeResult, SeriesKey
+from exporter.sharding import Shard, stable_hash
 from exporter.store import LabelPairs, RuleSnapshot, Store
 
 log = logging.getLogger(__name__)
+__all__ = ["RuleRunner", "Source", "output_labels", "stable_hash"]  # stable_hash lives in exporter.sharding
 
 
 class Source(Protocol):
@@ -59,14 +60,12 @@ def output_labels(key: SeriesKey, rule: str, extra: Mapping[str, str]) -> LabelP
     return tuple(sorted(out.items()))
 
 
-def stable_hash(key: SeriesKey) -> int:
-    """A hash of a label set that is the same in every process and on every replica."""
-    text = "\xff".join(f"{k}\xfe{v}" for k, v in key)
-    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "big")
-
-
 class RuleRunner:
-    """Owns one rule's history, model and published results."""
+    """Owns one rule's history, model and published results — for the series of its shard only.
+
+    With several replicas (`shard`), series of other shards are rejected as the query results are parsed,
+    so they are never stored, scored, exported nor alerted on here; `max_series` caps the owned series.
+    """
 
     def __init__(
         self,
@@ -75,8 +74,10 @@ class RuleRunner:
         store: Store,
         clock: Callable[[], float] = time.time,
         alerts: RuleAlerts | None = None,
+        shard: Shard | None = None,
     ):
         self.rule = rule
+        self.shard = shard or Shard()
         self._alerts = alerts  # the rule's alert state: judged after every scoring cycle
         self._source = source
         self._clock = clock
@@ -167,11 +168,11 @@ class RuleRunner:
                 with self._frame_lock:
                     if len(self._frame) >= self.rule.max_series:  # full: free the rows of vanished series
                         self._frame.drop_absent(recent=self._stale_cols)
-                    keep = self._frame.admitter()
+                    keep = self._frame.admitter(self.shard.keep)
                 result = self._source.query_range(
                     self.rule.query, start, end, self._step, keep=keep, series_hint=max(1, len(self._frame))
                 )
-                dropped = result.dropped
+                dropped = keep.over_cap  # not result.dropped: other shards' series are not "dropped"
             with self._frame_lock:
                 self._frame.merge(result)
                 n_series = len(self._frame)
@@ -186,8 +187,11 @@ class RuleRunner:
             self._out.update(series=n_series, dropped=dropped)
 
     def _load_history(self, start: int, end: int) -> tuple[RangeResult, int]:
-        """Full history, for at most max_series series chosen by a stable hash (same set on every restart)."""
-        probe = self._source.query_range(self.rule.query, max(start, end - self._overlap), end, self._step)
+        """Full history, for at most max_series of the shard's series, chosen by a stable hash (the same
+        set on every restart). Returns it and how many owned series were left out by the cap."""
+        probe = self._source.query_range(
+            self.rule.query, max(start, end - self._overlap), end, self._step, keep=self.shard.keep
+        )
         ranked = sorted(probe.keys, key=stable_hash)
         kept = set(ranked[: self.rule.max_series])
         result = self._source.query_range(

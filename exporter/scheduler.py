@@ -19,6 +19,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from exporter.alert_registry import Alerting
 from exporter.config import Config, PrometheusConfig
 from exporter.pipeline import RuleRunner, Source
+from exporter.sharding import Shard
 from exporter.store import Store
 
 log = logging.getLogger(__name__)
@@ -35,8 +36,10 @@ class Scheduler:
         workers: int = 4,
         clock: Callable[[], float] = time.time,
         alerting: Alerting | None = None,
+        shard: Shard | None = None,
     ) -> None:
         self._store = store
+        self._shard = shard or Shard()  # every rule keeps only this replica's series
         self._alerting = alerting
         self._source_factory = source_factory
         self._clock = clock
@@ -87,7 +90,12 @@ class Scheduler:
                 if name not in self._runners:
                     assert self._source is not None
                     runner = RuleRunner(
-                        rule, self._source, self._store, clock=self._clock, alerts=alerts.get(name)
+                        rule,
+                        self._source,
+                        self._store,
+                        clock=self._clock,
+                        alerts=alerts.get(name),
+                        shard=self._shard,
                     )
                     self._add(runner)
         if new_source and old_source is not None:

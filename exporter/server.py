@@ -14,6 +14,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 from prometheus_client import CollectorRegistry, make_wsgi_app
 
 from exporter import __version__
+from exporter.sharding import Shard
 from exporter.store import Store
 
 StartResponse = Callable[..., Any]
@@ -41,8 +42,10 @@ class WebApp:
         registry: CollectorRegistry,
         reload: Callable[[], str | None] | None = None,
         enable_lifecycle: bool = False,
+        shard: Shard | None = None,
     ) -> None:
         self._store = store
+        self._shard = shard
         self._metrics = make_wsgi_app(registry)
         self._reload = reload
         self._lifecycle = enable_lifecycle
@@ -105,10 +108,16 @@ class WebApp:
             if reload.successful
             else f"<p><b>Last reload failed:</b> {html.escape(reload.last_error or '')}</p>"
         )
+        shard = self._shard
+        shard_note = (
+            f" Shard {shard.index} of {shard.count} (0-based): this replica scores only its share of series."
+            if shard is not None and shard.count > 1
+            else ""
+        )
         body = f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>Anomaly Exporter</title>
 <style>body{{font-family:sans-serif;margin:2em}}td,th{{padding:.2em .8em;text-align:left}}</style></head>
-<body><h1>Prometheus Anomaly Exporter</h1><p>Version {html.escape(__version__)}.
+<body><h1>Prometheus Anomaly Exporter</h1><p>Version {html.escape(__version__)}.{shard_note}
 <a href="/metrics">Metrics</a> · <a href="/-/ready">Ready</a> · <a href="/-/healthy">Healthy</a></p>
 {reload_note}
 <table><tr><th>Rule</th><th>Status</th><th>Series</th><th>Dropped</th><th>Last fit</th>
