@@ -78,6 +78,7 @@ class RuleRunner:
     ):
         self.rule = rule
         self.shard = shard or Shard()
+        self._owns = self.shard.filter()  # None when not sharded
         self._alerts = alerts  # the rule's alert state: judged after every scoring cycle
         self._source = source
         self._clock = clock
@@ -168,7 +169,7 @@ class RuleRunner:
                 with self._frame_lock:
                     if len(self._frame) >= self.rule.max_series:  # full: free the rows of vanished series
                         self._frame.drop_absent(recent=self._stale_cols)
-                    keep = self._frame.admitter(self.shard.keep)
+                    keep = self._frame.admitter(self._owns)
                 result = self._source.query_range(
                     self.rule.query, start, end, self._step, keep=keep, series_hint=max(1, len(self._frame))
                 )
@@ -190,7 +191,7 @@ class RuleRunner:
         """Full history, for at most max_series of the shard's series, chosen by a stable hash (the same
         set on every restart). Returns it and how many owned series were left out by the cap."""
         probe = self._source.query_range(
-            self.rule.query, max(start, end - self._overlap), end, self._step, keep=self.shard.keep
+            self.rule.query, max(start, end - self._overlap), end, self._step, keep=self._owns
         )
         ranked = sorted(probe.keys, key=stable_hash)
         kept = set(ranked[: self.rule.max_series])

@@ -287,3 +287,12 @@ def test_landing_page_names_the_shard():
     app = WebApp(Store(), CollectorRegistry(), shard=Shard(1, 4))
     body = b"".join(app({"PATH_INFO": "/", "REQUEST_METHOD": "GET"}, lambda *a: None)).decode()
     assert "Shard 1 of 4" in body
+
+
+def test_filter_is_owns_memoized_and_none_for_a_single_shard():
+    assert Shard().filter() is None
+    keys = random_keys(50)
+    shard = Shard(2, 3)
+    keep = shard.filter(memo_size=7)  # a tiny memo: forgotten and refilled several times
+    for _ in range(2):
+        assert [keep(k) for k in keys] == [shard.owns(k) for k in keys]
