@@ -8,6 +8,7 @@ bundled schema covers, so they get a structural check of our own instead.
 
 from __future__ import annotations
 
+import argparse
 import base64
 import json
 import re
@@ -25,6 +26,7 @@ from helm_python import chart as helm_chart
 from exporter import __version__
 from exporter.cli import build_parser
 from exporter.config import Config, parse_config
+from exporter.sharding import Shard, parse_shard
 
 ROOT = Path(__file__).resolve().parent.parent
 CHART = ROOT / "helm" / "anomaly-exporter"
@@ -36,6 +38,7 @@ NAMESPACE = "monitoring"
 # Kubernetes schemas bundled with kubernetes-validate: the newest it ships and the chart's kubeVersion floor.
 KUBE_VERSIONS = ("1.37.0", "1.25.0")
 CRD_KINDS = {"ServiceMonitor", "PrometheusRule"}
+FULLNAME = f"{RELEASE}-anomaly-exporter"
 
 # Chart files another part of the project provides; a temporary copy of the chart gets stand-ins if absent.
 STAND_INS = {
@@ -129,8 +132,24 @@ class Rendered:
         return self.one("Deployment")
 
     @property
+    def workload(self) -> dict[str, Any]:
+        """The Deployment, or the StatefulSet in sharding mode: exactly one of the two."""
+        (workload,) = self.all("Deployment") + self.all("StatefulSet")
+        return workload
+
+    @property
+    def service(self) -> dict[str, Any]:
+        """The Service Prometheus scrapes (not the headless one of sharding mode)."""
+        return self.one("Service", FULLNAME)
+
+    @property
     def pod(self) -> dict[str, Any]:
-        return self.deployment["spec"]["template"]
+        return self.workload["spec"]["template"]
+
+    def volume_names(self) -> set[str]:
+        """The pod's volumes, plus the StatefulSet's per-pod claims (mounted by name like volumes)."""
+        claims = self.workload["spec"].get("volumeClaimTemplates", [])
+        return {v["name"] for v in self.pod["spec"]["volumes"]} | {c["metadata"]["name"] for c in claims}
 
     @property
     def container(self) -> dict[str, Any]:
@@ -145,6 +164,16 @@ class Rendered:
 
 def render(chart: Any, values: dict[str, Any] | None = None) -> Rendered:
     return Rendered(chart.render(values=values or {}, name=RELEASE, namespace=NAMESPACE))
+
+
+def parse_exporter_args(args: list[str]) -> argparse.Namespace:
+    """The container's args through the exporter's own CLI (argparse exits on an unknown flag)."""
+    return build_parser().parse_args(["run", *args])
+
+
+def shard_args(args: list[str]) -> dict[str, str]:
+    """The --shard.* flags among the args, as written: {"--shard.count": "3", ...}."""
+    return dict(a.split("=", 1) for a in args if a.startswith("--shard."))
 
 
 # --- the chart as a whole ---------------------------------------------------------------------------------
@@ -197,7 +226,8 @@ def check_references(out: Rendered) -> None:
     """Selectors select the exporter pod (and never the test pod); mounts, Secrets and ConfigMaps exist."""
     pod_labels = out.pod["metadata"]["labels"]
     test_labels = out.test_pod["metadata"]["labels"]
-    selectors = [out.deployment["spec"]["selector"]["matchLabels"], out.one("Service")["spec"]["selector"]]
+    selectors = [out.workload["spec"]["selector"]["matchLabels"]]
+    selectors += [s["spec"]["selector"] for s in out.all("Service")]
     selectors += [p["spec"]["podSelector"]["matchLabels"] for p in out.all("NetworkPolicy")]
     selectors += [p["spec"]["selector"]["matchLabels"] for p in out.all("PodDisruptionBudget")]
     for selector in selectors:
@@ -209,7 +239,7 @@ def check_references(out: Rendered) -> None:
     volumes = {v["name"]: v for v in spec["volumes"]}
     assert len(volumes) == len(spec["volumes"]), "duplicate volume names"
     for mount in out.container["volumeMounts"]:
-        assert mount["name"] in volumes, f"volumeMount {mount['name']} has no volume"
+        assert mount["name"] in out.volume_names(), f"volumeMount {mount['name']} has no volume"
     for volume in volumes.values():
         if "configMap" in volume:
             name = volume["configMap"]["name"]
@@ -232,8 +262,13 @@ def check_service_monitor(obj: dict[str, Any], out: Rendered) -> None:
     assert obj["metadata"]["name"] and obj["metadata"]["namespace"]
     spec = obj["spec"]
     assert set(spec) <= {"jobLabel", "namespaceSelector", "selector", "endpoints"}, spec.keys()
-    service = out.one("Service")
-    assert spec["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    selected = [
+        s
+        for s in out.all("Service")
+        if spec["selector"]["matchLabels"].items() <= s["metadata"]["labels"].items()
+    ]
+    assert selected == [out.service], "exactly the exporter's Service: every pod is scraped once"
+    service = out.service
     assert service["metadata"]["namespace"] in spec["namespaceSelector"]["matchNames"]
     assert spec["jobLabel"] in service["metadata"]["labels"]
     port_names = {p["name"] for p in service["spec"]["ports"]}
@@ -327,13 +362,16 @@ def test_probes(chart: Any, values_file: Path | None) -> None:
     assert startup["periodSeconds"] * startup["failureThreshold"] >= 120, "room for a slow interpreter start"
 
 
+STORAGE_EMPTYDIR = {"name": "storage", "emptyDir": {}}
+
+
 @pytest.mark.parametrize("values_file", CASES)
 def test_args_are_exporter_flags(chart: Any, values_file: Path | None) -> None:
     """The container's args parse with the exporter's own CLI and point into the mounted volumes."""
     values = load_values(values_file)
     out = render(chart, values)
     args = out.container["args"]
-    parsed = build_parser().parse_args(["run", *args])  # argparse exits on an unknown flag
+    parsed = parse_exporter_args(args)
     assert parsed.config_file == "/etc/anomaly-exporter/rules.yaml"
     assert parsed.listen == ":9866"
     assert parsed.storage_path == "/var/lib/anomaly-exporter"
@@ -344,8 +382,17 @@ def test_args_are_exporter_flags(chart: Any, values_file: Path | None) -> None:
     mounts = {m["mountPath"]: m["name"] for m in out.container["volumeMounts"]}
     assert mounts["/var/lib/anomaly-exporter"] == "storage"
     assert mounts["/etc/anomaly-exporter"] == "config"
-    storage = {v["name"]: v for v in out.pod["spec"]["volumes"]}["storage"]
     persistent = values.get("persistence", {}).get("enabled", False)
+    storage = {v["name"]: v for v in out.pod["spec"]["volumes"]}.get("storage")
+    sharding = values.get("sharding", {})
+    if sharding.get("enabled"):
+        assert (parsed.shard_count, parsed.shard_index) == (sharding.get("replicas", 2), "auto")
+        claims = [c["metadata"]["name"] for c in out.workload["spec"].get("volumeClaimTemplates", [])]
+        # Persistent: one claim per shard, no pod volume; otherwise an emptyDir as in the Deployment.
+        expected = (["storage"], None) if persistent else ([], STORAGE_EMPTYDIR)
+        assert (claims, storage) == expected
+        return
+    assert not shard_args(args), "unsharded: the exporter's defaults (one shard)"
     assert ("persistentVolumeClaim" in storage) == persistent and ("emptyDir" in storage) != persistent
     assert out.deployment["spec"]["strategy"]["type"] == ("Recreate" if persistent else "RollingUpdate")
 
@@ -387,7 +434,7 @@ def lay_out_container(out: Rendered, root: Path) -> dict[str, str]:
     for mount in out.container["volumeMounts"]:
         target = root / mount["mountPath"].lstrip("/")
         target.mkdir(parents=True, exist_ok=True)
-        volume = volumes[mount["name"]]
+        volume = volumes.get(mount["name"], {})  # absent: a StatefulSet claim, empty at start
         for kind, key, name_key in (("ConfigMap", "configMap", "name"), ("Secret", "secret", "secretName")):
             if key in volume:
                 data = source(kind, volume[key][name_key])
@@ -411,7 +458,7 @@ def load_rules_as_mounted(out: Rendered, root: Path) -> Config:
     they are, so absolute paths are re-rooted into the laid-out tree: a `url_file` naming a key the mounted
     Secret doesn't have fails here just as it would in the pod."""
     env = lay_out_container(out, root)
-    config_file = build_parser().parse_args(["run", *out.container["args"]]).config_file
+    config_file = parse_exporter_args(out.container["args"]).config_file
     data = yaml.safe_load((root / config_file.lstrip("/")).read_text())
 
     def reroot(node: Any) -> Any:
@@ -445,7 +492,7 @@ def test_rules_pass_exporter_validation(chart: Any, values_file: Path | None, tm
 
 def test_rules_text_is_kept_verbatim(chart: Any) -> None:
     values = load_values(CHART / "ci" / "rules-text-values.yaml")
-    configmap = render(chart, values).one("ConfigMap", f"{RELEASE}-anomaly-exporter")
+    configmap = render(chart, values).one("ConfigMap", FULLNAME)
     assert configmap["data"]["rules.yaml"].strip() == values["rules"].strip()
 
 
@@ -548,6 +595,96 @@ def test_persistence_refuses_several_replicas(chart: Any) -> None:
         render(chart, {"persistence": {"enabled": True}, "replicaCount": 2})
 
 
+# --- sharding: a StatefulSet of shards ---------------------------------------------------------------------
+
+SHARDING = load_values(CHART / "ci" / "sharding-values.yaml")
+SHARDING_PERSISTENCE = load_values(CHART / "ci" / "sharding-persistence-values.yaml")
+
+
+def test_sharding_runs_a_statefulset_behind_a_headless_service(chart: Any) -> None:
+    out = render(chart, SHARDING)
+    assert out.get("Deployment") is None and out.get("PersistentVolumeClaim") is None
+    sts = out.one("StatefulSet", FULLNAME)["spec"]
+    assert sts["replicas"] == SHARDING["sharding"]["replicas"] == 3
+    assert sts["podManagementPolicy"] == "Parallel"
+    assert "volumeClaimTemplates" not in sts
+    headless = out.one("Service", sts["serviceName"])
+    assert headless["spec"]["clusterIP"] == "None"
+    assert headless["spec"]["selector"] == out.service["spec"]["selector"] == sts["selector"]["matchLabels"]
+    assert headless["spec"]["ports"] == out.service["spec"]["ports"]
+    assert out.service["spec"].get("clusterIP") != "None", "the scraped Service spans all shards"
+    # The ServiceMonitor (checked in check_service_monitor) and the PDB select every shard.
+    assert out.one("ServiceMonitor") and out.one("PodDisruptionBudget")
+    parsed = parse_exporter_args(out.container["args"])
+    assert (parsed.shard_count, parsed.shard_index) == (3, "auto")
+    # Pod <name>-<i> (its hostname) becomes shard i of 3, as the exporter resolves `auto`: each shard once.
+    name = out.one("StatefulSet")["metadata"]["name"]
+    shards = [parse_shard(parsed.shard_index, parsed.shard_count, f"{name}-{i}") for i in range(3)]
+    assert shards == [Shard(i, 3) for i in range(3)]
+
+
+def test_sharding_gives_each_shard_its_own_claim(chart: Any) -> None:
+    out = render(chart, SHARDING_PERSISTENCE)
+    assert out.get("Deployment") is None
+    assert out.get("PersistentVolumeClaim") is None, "no shared claim: one per shard instead"
+    sts = out.one("StatefulSet")["spec"]
+    assert sts["replicas"] == 2, "sharding.replicas, not replicaCount"
+    (claim,) = sts["volumeClaimTemplates"]
+    assert claim["metadata"]["name"] == "storage"
+    assert claim["metadata"]["annotations"] == {"example.com/backup": "true"}
+    assert "storage" not in {v["name"] for v in out.pod["spec"]["volumes"]}
+    # The same claim as the Deployment's PVC with the same persistence values.
+    single = render(chart, {"persistence": SHARDING_PERSISTENCE["persistence"]}).one("PersistentVolumeClaim")
+    assert claim["spec"] == single["spec"]
+
+
+@pytest.mark.parametrize(
+    "values_file",
+    [None, CHART / "ci" / "extra-values.yaml", CHART / "ci" / "secrets-values.yaml"],
+    ids=["default", "extra-values.yaml", "secrets-values.yaml"],
+)
+def test_statefulset_runs_the_deployments_pod(chart: Any, values_file: Path | None) -> None:
+    """The pod template is shared: checksums, security, probes, resources and volumes are the same in both
+    modes; only the shard flags (and, with persistence, where the storage volume comes from) differ."""
+    values = load_values(values_file)
+    deployment = render(chart, values).pod
+    statefulset = render(chart, {**values, "sharding": {"enabled": True, "replicas": 4}}).pod
+    args = statefulset["spec"]["containers"][0]["args"]
+    assert shard_args(args) == {"--shard.count": "4", "--shard.index": "auto"}
+    statefulset["spec"]["containers"][0]["args"] = [a for a in args if not a.startswith("--shard.")]
+    if values.get("persistence", {}).get("enabled"):
+        volumes = deployment["spec"]["volumes"]
+        deployment["spec"]["volumes"] = [v for v in volumes if v["name"] != "storage"]
+    assert statefulset == deployment
+
+
+def test_sharding_refuses_a_shared_existing_claim(chart: Any) -> None:
+    values = {**SHARDING_PERSISTENCE, "persistence": {"enabled": True, "existingClaim": "state"}}
+    with pytest.raises(helm_python.HelmRenderError, match=r"existingClaim.*own claim"):
+        render(chart, values)
+
+
+def test_sharded_names_fit_kubernetes_limits(chart: Any) -> None:
+    """A 63-character full name: the StatefulSet leaves room for its pods' revision-hash label."""
+    long_name = "x" * 63
+    out = render(chart, {**SHARDING, "fullnameOverride": long_name})
+    sts = out.one("StatefulSet")
+    assert len(sts["metadata"]["name"]) + len("-") + 10 <= 63
+    assert len(sts["spec"]["serviceName"]) <= 63 and out.one("Service", sts["spec"]["serviceName"])
+    assert out.one("Service", long_name), "the scraped Service keeps the full name"
+
+
+def test_notes_tell_the_shards(chart: Any) -> None:
+    def notes(values: dict[str, Any]) -> str:
+        manifests = chart.render(values=values, name=RELEASE, namespace=NAMESPACE)
+        return next(text for name, text in manifests.items() if name.endswith("NOTES.txt"))
+
+    sharded = " ".join(notes(SHARDING).split())
+    assert f"runs 3 shards, pods {FULLNAME}-0 .. {FULLNAME}-2, each scraping its own series" in sharded
+    assert "replicaCount is ignored" in sharded
+    assert "shard" not in notes({}).lower()
+
+
 # --- values.yaml and values.schema.json -------------------------------------------------------------------
 
 
@@ -568,6 +705,8 @@ def test_persistence_refuses_several_replicas(chart: Any) -> None:
         ({"extraArgs": ["scheduler.workers=8"]}, "/extraArgs/0"),
         ({"serviceMonitor": {"interval": "30 seconds"}}, "/serviceMonitor/interval"),
         ({"rules": 5}, "/rules"),
+        ({"sharding": {"enabled": True, "replicas": 0}}, "/sharding/replicas"),
+        ({"sharding": {"shards": 3}}, "shards"),
     ],
 )
 def test_schema_rejects_bad_values(chart: Any, values: dict[str, Any], where: str) -> None:

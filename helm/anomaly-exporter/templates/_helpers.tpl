@@ -126,11 +126,44 @@ Name of the PVC holding the state directory.
 {{- end }}
 
 {{/*
+Spec of the state PVC: the Deployment's single claim (pvc.yaml) and each shard's (volumeClaimTemplates).
+*/}}
+{{- define "anomaly-exporter.pvcSpec" -}}
+accessModes:
+  {{- toYaml .Values.persistence.accessModes | nindent 2 }}
+{{- if .Values.persistence.storageClass }}
+{{- if eq "-" .Values.persistence.storageClass }}
+storageClassName: ""
+{{- else }}
+storageClassName: {{ .Values.persistence.storageClass | quote }}
+{{- end }}
+{{- end }}
+resources:
+  requests:
+    storage: {{ .Values.persistence.size | quote }}
+{{- end }}
+
+{{/*
+Name of the sharded StatefulSet, within 52 characters: its pods carry the label
+controller-revision-hash=<name>-<10-character hash>, and label values end at 63.
+*/}}
+{{- define "anomaly-exporter.statefulSetName" -}}
+{{- include "anomaly-exporter.fullname" . | trunc 52 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+Name of the headless Service that governs the sharded StatefulSet (pod DNS names), within 63 characters.
+*/}}
+{{- define "anomaly-exporter.headlessServiceName" -}}
+{{- printf "%s-headless" (include "anomaly-exporter.fullname" . | trunc 54 | trimSuffix "-") }}
+{{- end }}
+
+{{/*
 The exporter pod (template metadata and spec), shared by the Deployment and the sharded StatefulSet so the
 two can't drift apart. Only the shard flags and where the storage volume comes from depend on the mode.
 */}}
 {{- define "anomaly-exporter.podTemplate" -}}
-{{- $secretName := include "anomaly-exporter.secretName" . }}
+{{- $secretName := include "anomaly-exporter.secretName" . -}}
 metadata:
   annotations:
     # A changed rules file or secret rolls the pods.
@@ -169,6 +202,11 @@ spec:
         - --storage.path=/var/lib/anomaly-exporter
         - --log.level={{ .Values.log.level }}
         - --log.format={{ .Values.log.format }}
+        {{- if .Values.sharding.enabled }}
+        # Each pod keeps the series of its shard; the index is the ordinal ending the pod's hostname.
+        - --shard.count={{ .Values.sharding.replicas }}
+        - --shard.index=auto
+        {{- end }}
         {{- range .Values.extraArgs }}
         - {{ . | quote }}
         {{- end }}
@@ -231,14 +269,16 @@ spec:
         # Readable by the owner and fsGroup only.
         defaultMode: 0440
     {{- end }}
+    {{- if not .Values.persistence.enabled }}
     - name: storage
-      {{- if .Values.persistence.enabled }}
-      persistentVolumeClaim:
-        claimName: {{ include "anomaly-exporter.claimName" . }}
-      {{- else }}
       # Survives container restarts (alert state is not re-sent or forgotten), not pod rescheduling.
       emptyDir: {}
-      {{- end }}
+    {{- else if not .Values.sharding.enabled }}
+    - name: storage
+      persistentVolumeClaim:
+        claimName: {{ include "anomaly-exporter.claimName" . }}
+    {{- end }}
+    {{- /* Sharded with persistence: "storage" is the StatefulSet's volumeClaimTemplate, one PVC per shard. */}}
     - name: tmp
       emptyDir: {}
     {{- with .Values.extraVolumes }}
