@@ -12,6 +12,7 @@ so every scoring cycle asks for the same 5 minutes however long the run takes. L
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import multiprocessing
 import os
@@ -48,7 +49,9 @@ METRIC = "bench_requests_per_second"
 QUERY = f'{METRIC}{{job="bench"}}'
 RULE = "bench"
 NAIVE_SERIES = 20
-POINTS_PER_REQUEST = 2_000_000  # PrometheusReader's default budget per request
+# PrometheusReader's default budget per request, read from its signature so the floor is chunked exactly
+# like the reader (a hard-coded 2,000,000 here went stale when the reader's default became 500,000).
+POINTS_PER_REQUEST = inspect.signature(PrometheusReader).parameters["points_per_request"].default
 
 
 def write_history(path: Path, n: int, days: int, end: int) -> None:
