@@ -12,6 +12,9 @@ if TYPE_CHECKING:
     from exporter.reader import RangeResult, SeriesKey
 
 
+_MERGE_ROWS = 512  # rows written per block by merge(): bounds its temporary copies
+
+
 @dataclass(frozen=True)
 class Window:
     """Read-only view for detectors: `values[i, j]` is series `keys[i]` at `timestamps[j]` (NaN: no data)."""
@@ -136,10 +139,16 @@ class SeriesFrame:
         start_col = (first - self._t0) // self.step
         skip = max(0, -start_col)
         dest = self._lo + start_col + skip
-        chunk = result.values[src, skip:]
-        chunk = np.where(np.isinf(chunk), np.nan, chunk)  # ±Inf (x/0, histogram_quantile) carries no level
-        if len(rows):
-            self._buf[np.asarray(rows)[:, None], dest + np.arange(chunk.shape[1])] = chunk
+        width = result.values.shape[1] - skip
+        # In blocks of rows, so a 10,000-series history load never holds extra full-size copies.
+        for lo in range(0, len(rows), _MERGE_ROWS):
+            r, i = rows[lo : lo + _MERGE_ROWS], src[lo : lo + _MERGE_ROWS]
+            block = result.values[i, skip:]  # a copy of this block only
+            block[np.isinf(block)] = np.nan  # ±Inf (x/0, histogram_quantile) carries no level
+            if r[-1] - r[0] == len(r) - 1 and r == list(range(r[0], r[-1] + 1)):
+                self._buf[r[0] : r[-1] + 1, dest : dest + width] = block  # contiguous rows: a plain slice
+            else:
+                self._buf[np.asarray(r)[:, None], dest + np.arange(width)] = block
         return added
 
     def _rows_for(self, keys: Sequence[SeriesKey]) -> tuple[list[int], list[int], int]:
@@ -159,9 +168,13 @@ class SeriesFrame:
             src.append(i)
         if len(self.keys) > self._buf.shape[0]:
             grow = min(self.max_series, max(len(self.keys), 2 * self._buf.shape[0]))
-            extra = np.full((grow - self._buf.shape[0], self._buf.shape[1]), np.nan)
-            self._buf = np.vstack([self._buf, extra])
-            self._flags = np.vstack([self._flags, np.zeros(extra.shape, dtype=bool)])
+            old_rows, cols = self._buf.shape
+            buf = np.empty((grow, cols))  # one new array (no vstack temporaries): old rows, then NaN
+            buf[:old_rows] = self._buf
+            buf[old_rows:] = np.nan
+            flags = np.zeros((grow, cols), dtype=bool)
+            flags[:old_rows] = self._flags
+            self._buf, self._flags = buf, flags
         return rows, src, added
 
     def _extend_to(self, last: int) -> None:

@@ -126,3 +126,24 @@ def test_drop_absent_recent_frees_rows_of_series_silent_lately():
     f.merge(result([key(1)], 600, 10, fill=1.0))  # key 0 silent for the last 10 columns
     assert f.drop_absent(recent=5) == 1
     assert [k[1][1] for k in f.window().keys] == ["1"]
+
+
+def test_large_merges_in_blocks_match_row_by_row_writes():
+    """More rows than one merge block, in an order that maps to non-contiguous frame rows, with ±Inf."""
+    rng = np.random.default_rng(7)
+    n, cols, step = 1300, 12, 60
+    keys = [(("i", str(k)),) for k in range(n)]
+    t = 6000 + step * np.arange(cols, dtype=np.int64)
+    first = rng.normal(size=(n, cols))
+    f = SeriesFrame(step, 20, n)
+    f.merge(RangeResult(keys=keys, timestamps=t, values=first, dropped=0, warnings=()))
+    order = rng.permutation(n)  # the next result lists the same series shuffled, one column later
+    later = rng.normal(size=(n, cols))
+    later[5, 3], later[900, 0] = np.inf, -np.inf
+    f.merge(RangeResult([keys[k] for k in order], t + step, later, 0, ()))
+    w = f.window()
+    expected = np.full((n, cols + 1), np.nan)
+    expected[:, :cols] = first
+    expected[order, 1:] = np.where(np.isinf(later), np.nan, later)
+    assert w.keys == keys
+    np.testing.assert_array_equal(w.values, expected)
