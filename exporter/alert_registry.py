@@ -19,6 +19,7 @@ from typing import Any
 from exporter.alerting import Outbox, RuleAlerts, compile_alert_templates
 from exporter.config import RuleConfig
 from exporter.notification import Batch
+from exporter.notify.delivery import DeliveryStats
 from exporter.statefile import read_state, write_state
 
 log = logging.getLogger(__name__)
@@ -123,7 +124,7 @@ class Alerting:
         for a in retired:
             a.tick()
 
-    def delivery_stats(self) -> list[Any]:
+    def delivery_stats(self) -> list[DeliveryStats]:
         """Counters of the current notifier's targets (for metrics); empty without one."""
         stats = getattr(self._outbox, "stats", None)
         return list(stats()) if stats is not None else []

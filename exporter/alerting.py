@@ -29,7 +29,7 @@ from urllib.parse import quote
 
 import numpy as np
 
-from exporter.alertstate import AlertStates, Transition
+from exporter.alertstate import AlertStates, Transition, series_key
 from exporter.config import RuleConfig
 from exporter.notification import Batch, Notification, fingerprint
 from exporter.reader import SeriesKey
@@ -38,7 +38,6 @@ from exporter.templating import Template, TemplateContext, TemplateError, compil
 log = logging.getLogger(__name__)
 
 RESEND_MIN = 60.0  # Prometheus' default --rules.alert.resend-delay
-RESERVED = ("alertname", "rule")  # alert labels the templates cannot override
 
 
 class Outbox(Protocol):
@@ -112,7 +111,7 @@ class _Instance:
     def from_dict(cls, d: Any) -> _Instance:
         if not isinstance(d, dict):
             raise ValueError("alert instance must be a mapping")
-        key = tuple((str(a), str(b)) for a, b in d["key"])
+        key = series_key(d.get("key"))
         values = tuple(math.nan if x is None else float(x) for x in d.get("values", [None] * 5))
         if len(values) != 5:
             raise ValueError("alert instance: values must have 5 entries")

@@ -112,12 +112,14 @@ class AlertStates:
         # or firing: skip those (most of a backtest), keeping last_time as if they had been evaluated
         with np.errstate(invalid="ignore"):
             hot: np.ndarray = np.any(full >= min(a.threshold, a.recovery), axis=0)
+        busy = self._busy()
         for j in np.flatnonzero(t_all > self.last_time):
             t = float(t_all[j])
-            if not hot[j] and not self._busy():
+            if not hot[j] and not busy:
                 self.last_time = t
                 continue
             fired, started, stopped, stopped_since = self._step(t, full[:, j], a)
+            busy = self._busy()
             fires[:, j] = fired[rows]
             changes += [Transition(self.keys[i], True, t, t) for i in np.flatnonzero(started)]
             changes += [
@@ -198,7 +200,9 @@ class AlertStates:
             raise ValueError("alert state: expected a mapping with a `series` list")
         states = cls(alert)
         items = data["series"]
-        keys = [_key(item) for item in items]
+        if not all(isinstance(item, dict) for item in items):
+            raise ValueError("alert state: every series must be a mapping")
+        keys = [series_key(item.get("key")) for item in items]
         rows = states._rows(keys)
 
         def number(item: dict[str, object], name: str) -> float:
@@ -227,11 +231,12 @@ class AlertStates:
         return states
 
 
-def _key(item: object) -> SeriesKey:
-    if not isinstance(item, dict) or not isinstance(item.get("key"), list):
+def series_key(value: object) -> SeriesKey:
+    """A series key saved as JSON (a list of [label, value] pairs) back as a SeriesKey; ValueError if not."""
+    if not isinstance(value, list):
         raise ValueError("alert state: every series needs a `key` list")
     pairs = []
-    for p in item["key"]:
+    for p in value:
         if not (isinstance(p, list) and len(p) == 2 and all(isinstance(x, str) for x in p)):
             raise ValueError(f"alert state: bad label pair {p!r}")
         pairs.append((p[0], p[1]))

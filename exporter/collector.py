@@ -15,6 +15,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from exporter import __version__
+from exporter.notify.delivery import DeliveryStats
 from exporter.sharding import Shard
 from exporter.store import Store
 
@@ -58,25 +59,12 @@ RULE_GAUGES = (  # per-rule health gauges: (name, HELP, RuleHealth attribute)
 )
 
 
-class DeliveryCounters(Protocol):
-    """What the collector reads of one notification target (exporter.notify.DeliveryStats)."""
-
-    target: str
-    receiver: str
-    kind: str
-    sent: int
-    failed: int
-    dropped: int
-    queue_length: int
-    last_success: float | None
-
-
 class AlertCounts(Protocol):
     """What the collector reads of the exporter's own alerting: in-memory counters, no I/O."""
 
     def counts(self) -> dict[str, tuple[int, int]]: ...  # rule -> (pending, firing)
 
-    def delivery_stats(self) -> Sequence[DeliveryCounters]: ...
+    def delivery_stats(self) -> Sequence[DeliveryStats]: ...
 
 
 NOTIFICATION_COUNTERS = (  # (name, HELP, DeliveryStats attribute)
