@@ -16,8 +16,8 @@ from urllib.parse import urlsplit, urlunsplit
 import numpy as np
 import requests
 
-from exporter import __version__
 from exporter.config import PrometheusConfig
+from exporter.httpclient import client_options
 
 log = logging.getLogger(__name__)
 
@@ -107,28 +107,18 @@ class PrometheusReader:
         self._sleep = sleep
         self._rng = rng if rng is not None else random.Random()
         self._points_per_request = points_per_request
-        self._headers = {
-            "User-Agent": f"prometheus-anomaly-exporter/{__version__}",
-            "Accept": "application/json",
-            **config.headers,
-        }
-        self._auth: tuple[str, str] | None = None
-        self._secrets: list[str] = []  # scrubbed from any text we did not write ourselves
-        if config.bearer_token is not None:
-            token = config.bearer_token.reveal().strip()  # files often end in a newline, illegal in a header
-            self._headers["Authorization"] = f"Bearer {token}"
-            self._secrets.append(token)
-        if config.basic_auth is not None:
-            self._auth = (config.basic_auth.username, config.basic_auth.password.reveal())
-            self._secrets.append(self._auth[1])
+        opts = client_options(
+            self._where,
+            config.tls,
+            config.bearer_token,
+            config.basic_auth,
+            {"Accept": "application/json", **config.headers},
+        )
+        self._headers, self._auth, self._verify, self._cert = opts.headers, opts.auth, opts.verify, opts.cert
+        self._secrets = opts.secrets  # scrubbed from any text we did not write ourselves
         url_password = urlsplit(config.url).password
         if url_password:
             self._secrets.append(url_password)
-        tls = config.tls
-        self._verify: bool | str = False if tls.insecure_skip_verify else (tls.ca_file or True)
-        self._cert = (tls.cert_file, tls.key_file) if tls.cert_file and tls.key_file else tls.cert_file
-        if tls.insecure_skip_verify:
-            log.warning("TLS certificate verification is disabled for %s (insecure_skip_verify)", self._where)
 
     def query_range(
         self,

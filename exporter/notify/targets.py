@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import email.utils
 import json
-import logging
 import math
 import time
 from abc import ABC, abstractmethod
@@ -18,13 +17,11 @@ from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 import requests
 
-from exporter import __version__
 from exporter.config import ReceiverConfig
+from exporter.httpclient import client_options
 from exporter.notification import Batch
 from exporter.notify.payloads import alertmanager_alerts, slack_message, webhook_payload
 from exporter.secret import Secret
-
-log = logging.getLogger(__name__)
 
 _TRANSIENT = (
     requests.ConnectionError,
@@ -72,25 +69,15 @@ class Target(ABC):
         self._now = now
         self._own_session = session is None
         self._session = session if session is not None else requests.Session()
-        self._headers = {
-            "User-Agent": f"prometheus-anomaly-exporter/{__version__}",
-            "Content-Type": "application/json",
-        }
-        self._auth: tuple[str, str] | None = None
-        self._secrets = self._url_secrets()
-        if receiver.bearer_token is not None:
-            token = receiver.bearer_token.reveal().strip()
-            self._headers["Authorization"] = f"Bearer {token}"
-            self._secrets.append(token)
-        if receiver.basic_auth is not None:
-            self._auth = (receiver.basic_auth.username, receiver.basic_auth.password.reveal())
-            self._secrets.append(self._auth[1])
-        self._secrets = sorted({s for s in self._secrets if s}, key=len, reverse=True)
-        tls = receiver.tls
-        self._verify: bool | str = False if tls.insecure_skip_verify else (tls.ca_file or True)
-        self._cert = (tls.cert_file, tls.key_file) if tls.cert_file and tls.key_file else tls.cert_file
-        if tls.insecure_skip_verify:
-            log.warning("TLS certificate verification is disabled for %s (insecure_skip_verify)", self)
+        opts = client_options(
+            str(self),
+            receiver.tls,
+            receiver.bearer_token,
+            receiver.basic_auth,
+            {"Content-Type": "application/json"},
+        )
+        self._headers, self._auth, self._verify, self._cert = opts.headers, opts.auth, opts.verify, opts.cert
+        self._secrets = sorted({s for s in self._url_secrets() + opts.secrets if s}, key=len, reverse=True)
 
     @property
     def description(self) -> str:
