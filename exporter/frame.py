@@ -1,9 +1,17 @@
-"""The in-memory time × series matrix of one rule: a bounded history on a fixed step grid."""
+"""The in-memory time × series matrix of one rule: a bounded history on a fixed step grid.
+
+Values are stored as float32 offsets from a per-series reference (its first value) in units of a power of
+two near that value's magnitude, so 10,000 series × a week at one minute take 0.4 GB rather than 0.8 GB,
+while a 1e10-byte gauge keeps single-byte resolution: the rounding error of a stored point is at most
+2⁻²⁴ of its distance from the series' first value (plain float32 would lose 2⁻²⁴ of the value itself).
+Readers get float64 back, one block at a time, through `Window`.
+"""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from contextlib import nullcontext
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -12,21 +20,199 @@ if TYPE_CHECKING:
     from exporter.reader import RangeResult, SeriesKey
 
 
-_MERGE_ROWS = 512  # rows written per block by merge(): bounds its temporary copies
+_MERGE_ROWS = 512  # rows written per block by merge() and moved per block when compacting
+_F32_MAX = float(np.finfo(np.float32).max)
+Index = slice | np.ndarray
 
 
-@dataclass(frozen=True)
 class Window:
-    """Read-only view for detectors: `values[i, j]` is series `keys[i]` at `timestamps[j]` (NaN: no data)."""
+    """Read-only history for detectors: series `keys[i]` at `timestamps[j]`, float64, NaN = no data.
 
-    keys: Sequence[SeriesKey]
-    timestamps: np.ndarray  # int64 seconds, evenly spaced by `step`
-    values: np.ndarray  # float64, shape (len(keys), len(timestamps))
-    flagged: np.ndarray | None = None  # bool, same shape: points judged anomalous when they were scored
+    Detectors read it in blocks — `rows()` (some series, every column) or `cols()` (every series, some
+    columns) — so a window backed by a 10,000-series frame never has to exist as one float64 matrix.
+    `values` is the whole matrix, for small windows (tests, backtests).
 
+    `hiding_flagged(share)` gives the same window with the points flagged as anomalous read as missing,
+    in series where they are at most `share` of the points (beyond that they are a new normal).
+    """
+
+    def __init__(
+        self,
+        keys: Sequence[SeriesKey],
+        timestamps: np.ndarray,
+        values: np.ndarray,
+        flagged: np.ndarray | None = None,
+    ) -> None:
+        self.keys = keys
+        self.timestamps = timestamps  # int64 seconds, evenly spaced by `step`
+        self._values = values  # shape (len(keys), len(timestamps))
+        self._flagged = flagged  # bool, same shape: points judged anomalous when they were scored
+        self._hide_share: float | None = None
+        self._hidden: np.ndarray | None = None  # per series: are its flagged points hidden (lazy)
+
+    # -- shape -----------------------------------------------------------------------------------
     @property
     def step(self) -> int:
         return int(self.timestamps[1] - self.timestamps[0]) if len(self.timestamps) > 1 else 0
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return len(self.keys), len(self.timestamps)
+
+    # -- reading ---------------------------------------------------------------------------------
+    @property
+    def values(self) -> np.ndarray:
+        """Every series and column as one float64 matrix (a full copy for frame-backed windows)."""
+        return self.rows(slice(None))
+
+    @property
+    def flagged(self) -> np.ndarray | None:
+        return self._read_flags(slice(None), None)
+
+    def rows(self, index: Index) -> np.ndarray:
+        """Values of the series `index`, every column (a view or a copy: never write to it)."""
+        values = self._read(index, None)
+        if self._hide_share is None:
+            return values
+        flags = self._read_flags(index, None)
+        if flags is None or not flags.any():
+            return values
+        return np.where(flags & self._hidden_rows()[index, None], np.nan, values)
+
+    def cols(self, index: Index) -> np.ndarray:
+        """Values of every series at the columns `index`."""
+        values = self._read(slice(None), index)
+        if self._hide_share is None:
+            return values
+        flags = self._read_flags(slice(None), index)
+        if flags is None or not flags.any():
+            return values
+        return np.where(flags & self._hidden_rows()[:, None], np.nan, values)
+
+    def counts(self, index: Index = slice(None)) -> np.ndarray:
+        """Number of points (not NaN) of the series `index`, before any hiding."""
+        return (~np.isnan(self._read(index, None))).sum(axis=1)
+
+    def any_flagged(self) -> bool:
+        flags = self._read_flags(slice(None), None)
+        return flags is not None and bool(flags.any())
+
+    # -- derived windows -------------------------------------------------------------------------
+    def hiding_flagged(self, max_share: float) -> Window:
+        out = self._clone()
+        out._hide_share, out._hidden = max_share, None
+        return out
+
+    def subset(self, index: np.ndarray) -> Window:
+        """The series `index` only (a copy)."""
+        out = Window([self.keys[i] for i in index], self.timestamps, self._read(index, None).copy())
+        flags = self._read_flags(index, None)
+        out._flagged = None if flags is None else flags.copy()
+        out._hide_share = self._hide_share
+        return out
+
+    # -- storage (overridden by frame-backed windows) ---------------------------------------------
+    def _clone(self) -> Window:
+        return Window(self.keys, self.timestamps, self._values, self._flagged)
+
+    def _read(self, rows: Index, cols: Index | None) -> np.ndarray:
+        block = self._values[rows]
+        return block if cols is None else block[:, cols]
+
+    def _read_flags(self, rows: Index, cols: Index | None) -> np.ndarray | None:
+        if self._flagged is None:
+            return None
+        block = self._flagged[rows]
+        return block if cols is None else block[:, cols]
+
+    def _hidden_rows(self) -> np.ndarray:
+        if self._hidden is None:
+            n, n_t = self.shape
+            hidden = np.zeros(n, dtype=bool)
+            for lo in range(0, n, _MERGE_ROWS):  # in blocks: a frame-backed window copies what it reads
+                flags = self._read_flags(slice(lo, lo + _MERGE_ROWS), None)
+                if flags is not None:
+                    share = flags.sum(axis=1) / max(1, n_t)
+                    hidden[lo : lo + _MERGE_ROWS] = share <= (self._hide_share or 0.0)
+            self._hidden = hidden
+        return self._hidden
+
+
+class FrameWindow(Window):
+    """A window over a live `SeriesFrame`, read on demand instead of copied.
+
+    It stays valid while the frame changes: reads find each of its series and timestamps where they are
+    now (a series dropped since, or a column that aged out, reads as missing; newer columns are not seen).
+    With `lock`, every read takes it (for a reader on another thread, such as a refit); without, the
+    caller must hold the frame's lock for as long as it uses the window.
+    """
+
+    def __init__(self, frame: SeriesFrame, lock: threading.Lock | None) -> None:
+        n_cols = frame._hi - frame._lo
+        super().__init__(
+            tuple(frame.keys),
+            frame._t0 + frame.step * np.arange(n_cols, dtype=np.int64),
+            np.empty((0, 0)),
+        )
+        self._frame = frame
+        self._lock = lock
+        self._t0 = frame._t0
+        self._layout = frame._layout
+
+    def _clone(self) -> Window:
+        out = FrameWindow.__new__(FrameWindow)
+        out.__dict__.update(self.__dict__)
+        return out
+
+    def _where(self, rows: Index) -> tuple[np.ndarray, np.ndarray]:
+        """Frame rows of the window's series `rows` (-1: gone) and their positions in the window."""
+        pos = np.arange(len(self.keys))[rows]
+        f = self._frame
+        if f._layout == self._layout:
+            return pos, pos
+        get = f._index.get
+        return np.fromiter((get(self.keys[i], -1) for i in pos), np.int64, count=len(pos)), pos
+
+    def _columns(self, cols: Index | None) -> tuple[np.ndarray, np.ndarray]:
+        """Buffer columns of the window's columns `cols` that still exist, and which of `cols` they are."""
+        f = self._frame
+        want = np.arange(len(self.timestamps))[slice(None) if cols is None else cols]
+        buf_cols = f._lo + (self._t0 - f._t0) // f.step + want
+        ok = (buf_cols >= f._lo) & (buf_cols < f._hi)
+        return buf_cols[ok], np.flatnonzero(ok)
+
+    def _read(self, rows: Index, cols: Index | None) -> np.ndarray:
+        with self._lock or nullcontext():
+            f = self._frame
+            frame_rows, pos = self._where(rows)
+            buf_cols, at = self._columns(cols)
+            width = len(self.timestamps) if cols is None else len(np.arange(len(self.timestamps))[cols])
+            out = np.full((len(pos), width), np.nan)
+            have = frame_rows >= 0
+            r = frame_rows[have]
+            if len(r) and len(buf_cols):
+                if len(buf_cols) == width and buf_cols[-1] - buf_cols[0] == width - 1:  # all, contiguous
+                    enc = f._buf[r, buf_cols[0] : buf_cols[-1] + 1]
+                else:
+                    enc = f._buf[r[:, None], buf_cols]
+                decoded = enc * f._scale[r, None] + f._base[r, None]  # float32 × float64 → float64
+                if have.all() and len(at) == width:
+                    out = decoded
+                else:
+                    out[np.flatnonzero(have)[:, None], at] = decoded
+            return out
+
+    def _read_flags(self, rows: Index, cols: Index | None) -> np.ndarray | None:
+        with self._lock or nullcontext():
+            f = self._frame
+            frame_rows, pos = self._where(rows)
+            buf_cols, at = self._columns(cols)
+            width = len(self.timestamps) if cols is None else len(np.arange(len(self.timestamps))[cols])
+            out = np.zeros((len(pos), width), dtype=bool)
+            have = np.flatnonzero(frame_rows >= 0)
+            if len(have) and len(buf_cols):
+                out[have[:, None], at] = f._flags[frame_rows[have][:, None], buf_cols]
+            return out
 
 
 class Admitter:
@@ -57,7 +243,7 @@ class SeriesFrame:
 
     Appending new columns is amortised O(new data): the buffer keeps slack columns and only shifts the kept
     history to the front when the slack is used up, instead of copying the whole matrix every cycle.
-    Not thread-safe: the owner serialises access.
+    Not thread-safe: the owner serialises access (a `window(lock=...)` takes the owner's lock itself).
     """
 
     def __init__(self, step: int, capacity: int, max_series: int) -> None:
@@ -68,12 +254,15 @@ class SeriesFrame:
         self.max_series = max_series
         self.keys: list[SeriesKey] = []
         self._index: dict[SeriesKey, int] = {}
-        self._slack = max(16, capacity // 8)
-        self._buf = np.full((0, capacity + self._slack), np.nan)
+        self._slack = max(16, capacity // 16)
+        self._buf = np.full((0, capacity + self._slack), np.nan, dtype=np.float32)  # encoded, see module doc
+        self._base = np.full(0, np.nan)  # per row: the reference value (NaN until the series' first point)
+        self._scale = np.ones(0)  # per row: a power of two near |base|
         self._flags = np.zeros((0, capacity + self._slack), dtype=bool)  # judged anomalous when scored
         self._lo = 0  # first used column in _buf
         self._hi = 0  # one past the last used column
         self._t0 = 0  # timestamp of column _lo
+        self._layout = 0  # bumped whenever rows are renumbered (windows then look series up by key)
 
     # -- reading ---------------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -94,15 +283,13 @@ class SeriesFrame:
     def last_timestamp(self) -> int | None:
         return None if self.empty else self._t0 + (self._hi - self._lo - 1) * self.step
 
-    def window(self, copy: bool = False) -> Window:
-        """All kept history. With copy=True the result stays valid while the frame keeps changing."""
-        n_cols = self._hi - self._lo
-        values = self._buf[: len(self.keys), self._lo : self._hi]
-        flagged = self._flags[: len(self.keys), self._lo : self._hi]
-        timestamps = self._t0 + self.step * np.arange(n_cols, dtype=np.int64)
-        if copy:
-            return Window(tuple(self.keys), timestamps, values.copy(), flagged.copy())
-        return Window(self.keys, timestamps, values, flagged)
+    def window(self, lock: threading.Lock | None = None) -> FrameWindow:
+        """All kept history, read on demand (nothing is copied up front).
+
+        Without `lock` the caller holds the frame's lock while using the window. With it (a refit on
+        another thread), each read takes the lock, and the window stays valid while the frame changes.
+        """
+        return FrameWindow(self, lock)
 
     def flag(self, timestamp: int, flagged: np.ndarray) -> None:
         """Record which series were judged anomalous at `timestamp` (rows as in window().keys)."""
@@ -142,14 +329,30 @@ class SeriesFrame:
         width = result.values.shape[1] - skip
         # In blocks of rows, so a 10,000-series history load never holds extra full-size copies.
         for lo in range(0, len(rows), _MERGE_ROWS):
-            r, i = rows[lo : lo + _MERGE_ROWS], src[lo : lo + _MERGE_ROWS]
+            r, i = np.asarray(rows[lo : lo + _MERGE_ROWS]), src[lo : lo + _MERGE_ROWS]
             block = result.values[i, skip:]  # a copy of this block only
             block[np.isinf(block)] = np.nan  # ±Inf (x/0, histogram_quantile) carries no level
-            if r[-1] - r[0] == len(r) - 1 and r == list(range(r[0], r[-1] + 1)):
-                self._buf[r[0] : r[-1] + 1, dest : dest + width] = block  # contiguous rows: a plain slice
+            encoded = self._encode(r, block)
+            if r[-1] - r[0] == len(r) - 1 and (np.diff(r) == 1).all():
+                self._buf[r[0] : r[-1] + 1, dest : dest + width] = encoded  # contiguous rows: a plain slice
             else:
-                self._buf[np.asarray(r)[:, None], dest + np.arange(width)] = block
+                self._buf[r[:, None], dest + np.arange(width)] = encoded
         return added
+
+    def _encode(self, rows: np.ndarray, block: np.ndarray) -> np.ndarray:
+        """float32 offsets of `block` (rows `rows`) from their series' reference; sets missing references."""
+        base = self._base[rows]
+        new = np.isnan(base)
+        if new.any():
+            has = ~np.isnan(block[new])
+            first = block[new][np.arange(int(new.sum())), has.argmax(axis=1)]  # NaN for rows with no data
+            mantissa, exponent = np.frexp(first)
+            scale = np.where(np.isfinite(first) & (mantissa != 0), np.ldexp(1.0, exponent), 1.0)
+            self._base[rows[new]], self._scale[rows[new]] = first, scale
+            base = self._base[rows]
+        encoded = (block - base[:, None]) / self._scale[rows][:, None]
+        np.clip(encoded, -_F32_MAX, _F32_MAX, out=encoded)  # beyond float32: saturate, never become ±Inf
+        return encoded.astype(np.float32)
 
     def _rows_for(self, keys: Sequence[SeriesKey]) -> tuple[list[int], list[int], int]:
         rows: list[int] = []
@@ -169,12 +372,16 @@ class SeriesFrame:
         if len(self.keys) > self._buf.shape[0]:
             grow = min(self.max_series, max(len(self.keys), 2 * self._buf.shape[0]))
             old_rows, cols = self._buf.shape
-            buf = np.empty((grow, cols))  # one new array (no vstack temporaries): old rows, then NaN
+            buf = np.empty((grow, cols), dtype=np.float32)  # one new array (no vstack temporaries)
             buf[:old_rows] = self._buf
             buf[old_rows:] = np.nan
             flags = np.zeros((grow, cols), dtype=bool)
             flags[:old_rows] = self._flags
-            self._buf, self._flags = buf, flags
+            base = np.full(grow, np.nan)
+            base[:old_rows] = self._base
+            scale = np.ones(grow)
+            scale[:old_rows] = self._scale
+            self._buf, self._flags, self._base, self._scale = buf, flags, base, scale
         return rows, src, added
 
     def _extend_to(self, last: int) -> None:
@@ -190,9 +397,12 @@ class SeriesFrame:
             return
         if self._hi + new_cols > self._buf.shape[1]:
             keep = min(self._hi - self._lo, self.capacity - new_cols)
-            self._buf[:, :keep] = self._buf[:, self._hi - keep : self._hi]
+            src = self._hi - keep
+            for lo in range(0, self._buf.shape[0], _MERGE_ROWS):  # overlapping move: numpy copies the source
+                rows = slice(lo, lo + _MERGE_ROWS)
+                self._buf[rows, :keep] = self._buf[rows, src : self._hi]
+                self._flags[rows, :keep] = self._flags[rows, src : self._hi]
             self._buf[:, keep:] = np.nan
-            self._flags[:, :keep] = self._flags[:, self._hi - keep : self._hi]
             self._flags[:, keep:] = False
             self._t0 += (self._hi - self._lo - keep) * self.step
             self._lo, self._hi = 0, keep
@@ -210,12 +420,19 @@ class SeriesFrame:
         if not self.keys:
             return 0
         lo = self._lo if recent is None else max(self._lo, self._hi - recent)
-        present = ~np.isnan(self._buf[: len(self.keys), lo : self._hi]).all(axis=1)
+        n = len(self.keys)
+        present = np.zeros(n, dtype=bool)
+        for r in range(0, n, _MERGE_ROWS):  # in blocks: no full-size temporary
+            block = self._buf[r : min(n, r + _MERGE_ROWS), lo : self._hi]
+            present[r : r + _MERGE_ROWS] = ~np.isnan(block).all(axis=1)
         gone = int((~present).sum())
         if gone:
             keep_rows = np.flatnonzero(present)
-            self._buf = np.ascontiguousarray(self._buf[keep_rows])
-            self._flags = np.ascontiguousarray(self._flags[keep_rows])
+            self._buf = self._buf[keep_rows]  # fancy indexing: a new array, so open windows keep the old one
+            self._flags = self._flags[keep_rows]
+            self._base = self._base[keep_rows]
+            self._scale = self._scale[keep_rows]
             self.keys = [self.keys[i] for i in keep_rows]
             self._index = {k: i for i, k in enumerate(self.keys)}
+            self._layout += 1
         return gone

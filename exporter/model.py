@@ -6,8 +6,6 @@ the exporter would have published.
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import numpy as np
 
 from exporter.config import RuleConfig
@@ -32,12 +30,7 @@ class RuleModel:
 
     def fit(self, window: Window) -> RuleModel:
         """Return a new fitted RuleModel (self is left as it was, so scoring can go on meanwhile)."""
-        training = window
-        if self.rule.model.exclude_anomalies and window.flagged is not None and window.flagged.any():
-            flagged = window.flagged
-            share = flagged.sum(axis=1) / max(1, flagged.shape[1])
-            hide = flagged & (share <= MAX_EXCLUDED_SHARE)[:, None]
-            training = replace(window, values=np.where(hide, np.nan, window.values))
+        training = window.hiding_flagged(MAX_EXCLUDED_SHARE) if self.rule.model.exclude_anomalies else window
         fitted = RuleModel(self.rule)
         detector = build_detector(self.rule.model)
         previous = self.detector
@@ -58,7 +51,7 @@ class RuleModel:
         r = self.rule
         columns = np.asarray(columns, dtype=np.int64)
         return calibrate(
-            window.values[:, columns],
+            window.cols(columns),
             self.detector.predict(window, columns),
             threshold=r.z_threshold,
             direction=r.direction,

@@ -24,6 +24,7 @@ from exporter.sharding import Shard, stable_hash
 from exporter.store import LabelPairs, RuleSnapshot, Store
 
 log = logging.getLogger(__name__)
+SLICE_POINTS = 2_000_000  # points per time slice of a long query, merged into the frame one by one (16 MB)
 __all__ = ["RuleRunner", "Source", "output_labels", "stable_hash"]  # stable_hash lives in exporter.sharding
 
 
@@ -107,7 +108,8 @@ class RuleRunner:
             with self._stage("fit"):
                 with self._frame_lock:
                     self._frame.drop_absent()
-                    window = self._frame.window(copy=True)
+                    # read block by block (taking the lock each time) while scoring goes on
+                    window = self._frame.window(lock=self._frame_lock)
                 self._model = (self._model or RuleModel(self.rule)).fit(window)
             self._out.update(ready=True, last_fit=self._clock())
             self._score()
@@ -163,19 +165,16 @@ class RuleRunner:
             history_start = end - int(self.rule.history) + self._step
             last = self._frame.last_timestamp
             if last is None or last < history_start:
-                result, dropped = self._load_history(history_start, end)
+                dropped = self._load_history(history_start, end)
             else:
                 start = max(history_start, last - self._overlap)
                 with self._frame_lock:
                     if len(self._frame) >= self.rule.max_series:  # full: free the rows of vanished series
                         self._frame.drop_absent(recent=self._stale_cols)
                     keep = self._frame.admitter(self._owns)
-                result = self._source.query_range(
-                    self.rule.query, start, end, self._step, keep=keep, series_hint=max(1, len(self._frame))
-                )
+                self._query_into_frame(start, end, keep, max(1, len(self._frame)))
                 dropped = keep.over_cap  # not result.dropped: other shards' series are not "dropped"
             with self._frame_lock:
-                self._frame.merge(result)
                 n_series = len(self._frame)
             if dropped and dropped != self._last_dropped:
                 log.warning(
@@ -187,18 +186,28 @@ class RuleRunner:
             self._last_dropped = dropped
             self._out.update(series=n_series, dropped=dropped)
 
-    def _load_history(self, start: int, end: int) -> tuple[RangeResult, int]:
+    def _load_history(self, start: int, end: int) -> int:
         """Full history, for at most max_series of the shard's series, chosen by a stable hash (the same
-        set on every restart). Returns it and how many owned series were left out by the cap."""
+        set on every restart). Returns how many owned series were left out by the cap."""
         probe = self._source.query_range(
             self.rule.query, max(start, end - self._overlap), end, self._step, keep=self._owns
         )
         ranked = sorted(probe.keys, key=stable_hash)
         kept = set(ranked[: self.rule.max_series])
-        result = self._source.query_range(
-            self.rule.query, start, end, self._step, keep=kept.__contains__, series_hint=max(1, len(kept))
-        )
-        return result, len(probe.keys) - len(kept)
+        self._query_into_frame(start, end, kept.__contains__, max(1, len(kept)))
+        return len(probe.keys) - len(kept)
+
+    def _query_into_frame(self, start: int, end: int, keep: Callable[[SeriesKey], bool], hint: int) -> None:
+        """Query [start, end] in time slices of about SLICE_POINTS points, merging each into the frame as
+        it arrives: a week of 10,000 series never exists as one float64 matrix next to the frame."""
+        cols = max(1, SLICE_POINTS // hint)
+        for lo in range(start, end + 1, cols * self._step):
+            hi = min(end, lo + (cols - 1) * self._step)
+            result = self._source.query_range(
+                self.rule.query, lo, hi, self._step, keep=keep, series_hint=hint
+            )
+            with self._frame_lock:
+                self._frame.merge(result)
 
     def _score(self) -> None:
         model = self._model
@@ -218,7 +227,7 @@ class RuleRunner:
                 if self.rule.model.exclude_anomalies:
                     for j, col in enumerate(columns):
                         self._frame.flag(int(window.timestamps[col]), scored.score[:, j] >= 1)
-                values = window.values[:, -1].copy()
+                values = window.cols(np.array([n_t - 1]))[:, 0]
                 keys = list(window.keys)
                 timestamp = float(window.timestamps[-1])
                 self._last_scored = int(timestamp)
@@ -226,7 +235,7 @@ class RuleRunner:
                 unscored = np.isnan(expected) | np.isnan(upper)
                 waiting = unscored & ~np.isnan(values)
                 # new series since the fit: once one has enough history, refit early (see score_job)
-                counts = (~np.isnan(window.values[waiting])).sum(axis=1)
+                counts = window.counts(np.flatnonzero(waiting))
                 self._warm_waiting = bool((counts * self._step >= self.rule.model.min_history).any())
             # exported: series with a current value that the model can judge (not new, not in warm-up)
             rows = np.flatnonzero(~np.isnan(values) & ~unscored)

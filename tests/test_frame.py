@@ -1,3 +1,6 @@
+import threading
+import time
+
 import numpy as np
 import pytest
 
@@ -88,12 +91,108 @@ def test_rejects_off_grid_results():
         f.merge(result([key(0)], 90, 2))
 
 
-def test_window_copy_is_independent():
-    f = SeriesFrame(step=60, capacity=10, max_series=2)
+def test_window_reads_its_series_and_timestamps_while_the_frame_changes():
+    """A refit reads its window block by block while scoring appends, compacts and drops rows."""
+    f = SeriesFrame(step=60, capacity=20, max_series=4)
+    f.merge(result([key(0), key(1), key(2)], 0, 10))
+    w = f.window()
+    before = w.values.copy()
+    for i in range(1, 6):  # 25 new columns: compactions, and the first 15 columns age out
+        f.merge(result([key(1), key(2)], 60 * (5 + 5 * i), 5))
+    assert f.drop_absent() == 1  # key 0 sent nothing lately: rows are renumbered
+    assert [k[1][1] for k in f.window().keys] == ["1", "2"]
+    assert w.keys == (key(0), key(1), key(2)) and w.timestamps.tolist() == [60 * j for j in range(10)]
+    now = w.values
+    assert np.isnan(now[0]).all()  # dropped series: missing
+    aged_out = w.timestamps < f.first_timestamp
+    assert np.isnan(now[1:, aged_out]).all()
+    np.testing.assert_array_equal(now[1:, ~aged_out], before[1:, ~aged_out])
+    np.testing.assert_array_equal(w.rows(np.array([2])), now[2:3])
+    np.testing.assert_array_equal(w.cols(np.array([9, 8])), now[:, [9, 8]])
+
+
+def test_locked_window_takes_the_lock_for_every_read():
+    f = SeriesFrame(step=60, capacity=20, max_series=4)
+    f.merge(result([key(0), key(1)], 0, 10))
+    lock = threading.Lock()
+    w = f.window(lock=lock)
+    with lock:
+        reader = threading.Thread(target=lambda: w.rows(slice(0, 1)))
+        reader.start()
+        reader.join(0.2)
+        assert reader.is_alive()  # waits for the lock
+    reader.join(5)
+    assert not reader.is_alive()
+
+
+def test_concurrent_refit_reads_stay_consistent():
+    """Reads on one thread and merges (with compactions) on another, both under the frame lock."""
+    f = SeriesFrame(step=60, capacity=300, max_series=50)
+    keys = [key(i) for i in range(50)]
+    f.merge(result(keys, 0, 300))
+    lock = threading.Lock()
+    w = f.window(lock=lock)
+    stop = threading.Event()
+
+    def write():
+        for col in range(300, 300 + 7 * 40, 7):  # 280 new columns: compactions, the newest 20 stay
+            if stop.is_set():
+                return
+            with lock:
+                f.merge(result(keys, 60 * col, 7))
+            time.sleep(0.001)
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    try:
+        for _ in range(200):
+            block = w.rows(slice(10, 20))
+            expected = np.array([[float(k[1][1]) * 1000 + t / 60 for t in w.timestamps] for k in keys[10:20]])
+            have = ~np.isnan(block)
+            assert have[:, -1].all()  # the newest columns never age out this fast
+            np.testing.assert_allclose(block[have], expected[have], rtol=1e-6)
+    finally:
+        stop.set()
+        writer.join()
+
+
+@pytest.mark.parametrize(
+    ("level", "noise"), [(1e10, 4.0), (-3e9, 0.5), (0.0, 1e-3), (1e-12, 1e-15), (42.0, 0.0), (1e300, 1e290)]
+)
+def test_stored_values_keep_their_resolution(level, noise):
+    """float32 storage: the error of a point is at most 2^-24 of its distance from the first value."""
+    rng = np.random.default_rng(3)
+    n = 500
+    values = level + noise * rng.normal(size=(1, n))
+    f = SeriesFrame(step=60, capacity=n, max_series=1)
+    f.merge(RangeResult([key(0)], 60 * np.arange(n, dtype=np.int64), values.copy(), 0, ()))
+    got = f.window().values
+    bound = np.abs(values - values[0, 0]) * 2.0**-24 + 1e-300
+    assert (np.abs(got - values) <= bound * 1.0000001).all()
+    assert got[0, 0] == values[0, 0]
+
+
+def test_values_beyond_float32_offsets_saturate_instead_of_becoming_infinite():
+    f = SeriesFrame(step=60, capacity=10, max_series=1)
     f.merge(result([key(0)], 0, 3, fill=1.0))
-    snapshot = f.window(copy=True)
-    f.merge(result([key(0)], 0, 3, fill=9.0))
-    assert snapshot.values[0].tolist() == [1.0, 1.0, 1.0]
+    r = result([key(0)], 180, 2, fill=1e300)
+    f.merge(r)
+    got = f.window().values[0]
+    assert np.isfinite(got).all() and got[-1] > 1e38 and got[0] == 1.0
+
+
+def test_hiding_flagged_points_only_where_they_are_rare():
+    f = SeriesFrame(step=60, capacity=20, max_series=2)
+    f.merge(result([key(0), key(1)], 0, 8, fill=5.0))
+    f.flag(60, np.array([True, True]))  # one point in 8 for both series
+    for t in (120, 180, 240):
+        f.flag(t, np.array([False, True]))  # series 1: half its points are flagged, a new normal
+    w = f.window().hiding_flagged(0.25)
+    assert np.isnan(w.rows(slice(None))[0]).sum() == 1 and np.isnan(w.values[0, 1])
+    assert not np.isnan(w.values[1]).any()
+    assert np.isnan(w.cols(np.array([1]))[0, 0]) and w.cols(np.array([1]))[1, 0] == 5.0
+    assert w.counts().tolist() == [8, 8]  # counts ignore hiding
+    assert not np.isnan(f.window().values).any()  # the frame itself is untouched
 
 
 def test_flags_follow_their_points_through_appends_and_compactions():
@@ -145,5 +244,5 @@ def test_large_merges_in_blocks_match_row_by_row_writes():
     expected = np.full((n, cols + 1), np.nan)
     expected[:, :cols] = first
     expected[order, 1:] = np.where(np.isinf(later), np.nan, later)
-    assert w.keys == keys
-    np.testing.assert_array_equal(w.values, expected)
+    assert list(w.keys) == keys
+    np.testing.assert_allclose(w.values, expected, rtol=0, atol=1e-5)  # float32 offsets: |value| < 5 here

@@ -5,6 +5,7 @@ import pytest
 
 from exporter.config import RuleConfig
 from exporter.demo import DemoSource
+from exporter import pipeline
 from exporter.pipeline import RuleRunner, output_labels, stable_hash
 from exporter.reader import RangeResult, UnavailableError
 from exporter.store import Store
@@ -75,6 +76,30 @@ def test_scoring_cycles_query_only_new_points():
     start, end = source.calls[-1]
     assert end - start <= 600  # last point + overlap, not the week again
     assert store.snapshots()["web"].timestamp == (clock.now // 60) * 60
+
+
+def test_history_is_loaded_in_time_slices_merged_as_they_arrive(monkeypatch):
+    """A long history is fetched slice by slice (bounded memory) and ends up exactly as one big query."""
+
+    def run():
+        clock = Clock(T0 + 300)
+        source = Recording(DemoSource(started_at=T0, clock=clock))
+        store = Store()
+        RuleRunner(rule(), source, store, clock=clock).fit_job()
+        return source.calls, store.snapshots()["web"]
+
+    whole_calls, whole = run()
+    monkeypatch.setattr(pipeline, "SLICE_POINTS", 4 * 1000)  # 4 series: 1,000 columns per slice
+    calls, sliced = run()
+    assert len(whole_calls) == 2 and len(calls) == 1 + 11  # probe, then 10,080 columns in 11 slices
+    history = calls[1:]
+    assert history[0][0] == whole_calls[1][0] and history[-1][1] == whole_calls[1][1]
+    for (_, end), (start, _) in zip(history, history[1:], strict=False):
+        assert start == end + 60  # contiguous, no overlap, no gap
+    assert all((end - start) // 60 + 1 <= 1000 for start, end in history)
+    assert sliced.labels == whole.labels
+    np.testing.assert_array_equal(sliced.score, whole.score)
+    np.testing.assert_array_equal(sliced.expected, whole.expected)
 
 
 def test_prometheus_down_marks_rule_down_then_recovers():

@@ -135,9 +135,9 @@ class IsolationForestDetector(Detector):
         rng = np.random.default_rng(self.random_state)
         if not self.per_series and n * len(span) > _FIT_CELLS:  # a pooled forest needs a sample, not all
             sample = np.sort(rng.choice(n, max(1, _FIT_CELLS // len(span)), replace=False))
-            window = Window([window.keys[i] for i in sample], window.timestamps, window.values[sample])
+            window = window.subset(sample)
         p = self.baseline_.predict(window, span)
-        z = (window.values[:, span] - p.expected) / p.scale
+        z = (window.cols(span) - p.expected) / p.scale
         feats = features(z, window.timestamps[span], self.windows)[:, ctx:]
         split = max(feats.shape[1] - per_day, feats.shape[1] // 2)
         self.center_ = np.full(n, np.nan)
@@ -195,7 +195,7 @@ class IsolationForestDetector(Detector):
         lo = max(0, int(columns.min()) - ctx + 1)
         span = np.arange(lo, int(columns.max()) + 1)
         p = self.baseline_.predict(window, span)
-        z = (window.values[:, span] - p.expected) / p.scale
+        z = (window.cols(span) - p.expected) / p.scale
         feats = features(z, window.timestamps[span], self.windows)[:, columns - lo]
         raw = np.full((n, k), np.nan)
         for i, forest in enumerate(self.forests_):

@@ -27,7 +27,7 @@ from exporter.frame import Window
 DAY = 86400
 WEEK = 7 * DAY
 PERIODS = {"none": 0, "daily": DAY, "weekly": WEEK}
-_CHUNK_CELLS = 4_000_000  # series rows × columns processed at once, to bound peak memory while fitting
+_CHUNK_CELLS = 1_000_000  # series rows × columns processed at once, to bound peak memory while fitting
 SCALE_SLOT = 3600  # the noise level is learned per hour of the day (or week): busy hours are noisier
 TAIL_Q, TAIL_Z = 0.99, 2.576  # the 99th percentile of |residual| is 2.576 σ for normal noise
 JUMP_SPAN = 7200  # seconds of data either side of a UTC midnight compared to learn a weekday's jump
@@ -69,7 +69,7 @@ class SeasonalBaseline(Detector):
         if self.seasonality not in ("auto", *PERIODS):
             raise ValueError(f"seasonality must be auto, none, daily or weekly (got {self.seasonality!r})")
         step = window.step or 1
-        n, n_t = window.values.shape
+        n, n_t = window.shape
         self.step_ = step
         self.bucket_ = _bucket(step, self.bucket)
         self.level_cols_ = max(1, round(self.level_window / step))
@@ -88,11 +88,11 @@ class SeasonalBaseline(Detector):
         if previous is not None and hasattr(previous, "jumps_"):
             before = previous._fitted_rows(window.keys)
             carried = np.where((before >= 0)[:, None], previous.jumps_[np.maximum(before, 0)], np.nan)
+        counts = np.zeros(n, dtype=np.int64)
         rows_per_chunk = max(1, _CHUNK_CELLS // max(n_t, 1))
         for lo in range(0, n, rows_per_chunk):
             rows = slice(lo, min(n, lo + rows_per_chunk))
-            self._fit_rows(window, rows, candidates, carried[rows])
-        counts = (~np.isnan(window.values)).sum(axis=1)
+            counts[rows] = self._fit_rows(window, rows, candidates, carried[rows])
         warm = counts * step >= self.min_history
         self.sigma_[~warm] = np.nan  # not enough history yet: unknown, never "normal"
         self.scale_[~warm] = np.nan
@@ -104,8 +104,11 @@ class SeasonalBaseline(Detector):
             return [PERIODS[self.seasonality]]
         return [p for p in (0, DAY, WEEK) if p == 0 or span >= 2 * p]
 
-    def _fit_rows(self, window: Window, rows: slice, candidates: list[int], carried: np.ndarray) -> None:
-        x = window.values[rows]
+    def _fit_rows(
+        self, window: Window, rows: slice, candidates: list[int], carried: np.ndarray
+    ) -> np.ndarray:
+        """Fit the series `rows`; returns how many points each has."""
+        x = window.rows(rows)
         t = window.timestamps
         best_sigma = None
         for period in candidates:  # shortest first: a longer period must beat the best so far
@@ -138,6 +141,7 @@ class SeasonalBaseline(Detector):
         floor = 1e-9 + 1e-9 * np.abs(np.nan_to_num(self.level_[rows]))
         self.sigma_[rows] = np.maximum(self.sigma_[rows], floor)
         self.scale_[rows] = self._scale(deseason, t, self.sigma_[rows])
+        return (~np.isnan(x)).sum(axis=1)
 
     def _scale(self, deseason: np.ndarray, t: np.ndarray, sigma: np.ndarray) -> np.ndarray:
         """Noise scale per series and hour slot: robust σ of the residual in that hour of the day/week
@@ -219,7 +223,7 @@ class SeasonalBaseline(Detector):
         span = np.arange(lo, hi)
         jumps = self.jumps_[r]
         season_span = self.profile_[r][:, slot_of[span]] + self._offsets(jumps, t[span])
-        deseason = window.values[:, lo:hi] - season_span
+        deseason = window.cols(slice(lo, hi)) - season_span
         level = np.empty((len(rows), k))
         for i, col in enumerate(columns):  # one vectorized median per predicted column (few per cycle)
             a, b = max(lo, col - self.level_cols_) - lo, col - lo
