@@ -211,7 +211,7 @@ class FrameWindow(Window):
             out = np.zeros((len(pos), width), dtype=bool)
             have = np.flatnonzero(frame_rows >= 0)
             if len(have) and len(buf_cols):
-                out[have[:, None], at] = f._flags[frame_rows[have][:, None], buf_cols]
+                out[have[:, None], at] = f._flag_bits(frame_rows[have], buf_cols)
             return out
 
 
@@ -258,7 +258,8 @@ class SeriesFrame:
         self._buf = np.full((0, capacity + self._slack), np.nan, dtype=np.float32)  # encoded, see module doc
         self._base = np.full(0, np.nan)  # per row: the reference value (NaN until the series' first point)
         self._scale = np.ones(0)  # per row: a power of two near |base|
-        self._flags = np.zeros((0, capacity + self._slack), dtype=bool)  # judged anomalous when scored
+        # Points judged anomalous when scored, one bit per series: column-major, 8 series per byte.
+        self._flags = np.zeros((capacity + self._slack, 0), dtype=np.uint8)
         self._lo = 0  # first used column in _buf
         self._hi = 0  # one past the last used column
         self._t0 = 0  # timestamp of column _lo
@@ -297,7 +298,19 @@ class SeriesFrame:
         if last is None or timestamp > last or timestamp < self._t0:
             return
         col = self._lo + (timestamp - self._t0) // self.step
-        self._flags[: len(flagged), col] = flagged
+        n = len(flagged)
+        packed = np.packbits(np.asarray(flagged, dtype=bool))
+        full = n // 8
+        self._flags[col, :full] = packed[:full]
+        if n % 8:  # the last byte also holds series beyond `flagged`: keep their bits
+            mine = np.uint8((0xFF << (8 - n % 8)) & 0xFF)
+            self._flags[col, full] = (self._flags[col, full] & ~mine) | (packed[full] & mine)
+
+    def _flag_bits(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        """Flags of frame rows `rows` at buffer columns `cols`, as bool (len(rows), len(cols))."""
+        packed = self._flags[cols[:, None], (rows >> 3)[None, :]]  # (cols, rows): gathers only those bytes
+        shift = (7 - (rows & 7)).astype(np.uint8)
+        return ((packed >> shift) & 1).astype(bool).T
 
     # -- admission -------------------------------------------------------------------------------
     def admitter(self, owns: Callable[[SeriesKey], bool] | None = None) -> Admitter:
@@ -375,8 +388,8 @@ class SeriesFrame:
             buf = np.empty((grow, cols), dtype=np.float32)  # one new array (no vstack temporaries)
             buf[:old_rows] = self._buf
             buf[old_rows:] = np.nan
-            flags = np.zeros((grow, cols), dtype=bool)
-            flags[:old_rows] = self._flags
+            flags = np.zeros((cols, (grow + 7) // 8), dtype=np.uint8)
+            flags[:, : self._flags.shape[1]] = self._flags
             base = np.full(grow, np.nan)
             base[:old_rows] = self._base
             scale = np.ones(grow)
@@ -392,7 +405,7 @@ class SeriesFrame:
             return
         if new_cols >= self.capacity:  # a jump longer than the whole history: start over
             self._buf[:] = np.nan
-            self._flags[:] = False
+            self._flags[:] = 0
             self._t0, self._lo, self._hi = last - (self.capacity - 1) * self.step, 0, self.capacity
             return
         if self._hi + new_cols > self._buf.shape[1]:
@@ -401,13 +414,13 @@ class SeriesFrame:
             for lo in range(0, self._buf.shape[0], _MERGE_ROWS):  # overlapping move: numpy copies the source
                 rows = slice(lo, lo + _MERGE_ROWS)
                 self._buf[rows, :keep] = self._buf[rows, src : self._hi]
-                self._flags[rows, :keep] = self._flags[rows, src : self._hi]
+            self._flags[:keep] = self._flags[src : self._hi]
             self._buf[:, keep:] = np.nan
-            self._flags[:, keep:] = False
+            self._flags[keep:] = 0
             self._t0 += (self._hi - self._lo - keep) * self.step
             self._lo, self._hi = 0, keep
         self._buf[:, self._hi : self._hi + new_cols] = np.nan
-        self._flags[:, self._hi : self._hi + new_cols] = False
+        self._flags[self._hi : self._hi + new_cols] = 0
         self._hi += new_cols
         if self._hi - self._lo > self.capacity:
             drop = self._hi - self._lo - self.capacity
@@ -429,7 +442,11 @@ class SeriesFrame:
         if gone:
             keep_rows = np.flatnonzero(present)
             self._buf = self._buf[keep_rows]  # fancy indexing: a new array, so open windows keep the old one
-            self._flags = self._flags[keep_rows]
+            flags = np.zeros((self._flags.shape[0], (len(keep_rows) + 7) // 8), dtype=np.uint8)
+            for c in range(0, self._flags.shape[0], 1024):  # unpacked in blocks of columns
+                bits = np.unpackbits(self._flags[c : c + 1024], axis=1, count=n)
+                flags[c : c + 1024] = np.packbits(bits[:, keep_rows], axis=1)
+            self._flags = flags
             self._base = self._base[keep_rows]
             self._scale = self._scale[keep_rows]
             self.keys = [self.keys[i] for i in keep_rows]

@@ -246,3 +246,30 @@ def test_large_merges_in_blocks_match_row_by_row_writes():
     expected[order, 1:] = np.where(np.isinf(later), np.nan, later)
     assert list(w.keys) == keys
     np.testing.assert_allclose(w.values, expected, rtol=0, atol=1e-5)  # float32 offsets: |value| < 5 here
+
+
+def test_flags_of_many_series_survive_compaction_row_growth_and_drops():
+    """Flags are kept one bit per series: check them against a plain boolean reference."""
+    rng = np.random.default_rng(11)
+    f = SeriesFrame(step=60, capacity=30, max_series=64)
+    keys = [key(i) for i in range(37)]
+    ref: dict[tuple, dict[int, bool]] = {k: {} for k in keys}
+    for cycle in range(20):
+        present = keys[: 13 + cycle]  # series keep appearing: rows grow
+        present = [k for k in present if not (cycle >= 12 and k == keys[5])]  # key 5 goes silent
+        t = 60 * (4 * cycle)
+        f.merge(result(present, t, 4))
+        w = f.window()
+        flagged = rng.random(len(w.keys)) < 0.3
+        stamp = t + 60 * int(rng.integers(0, 4))
+        f.flag(stamp, flagged)
+        for k, v in zip(w.keys, flagged, strict=True):
+            ref[k][stamp] = bool(v)
+        if cycle == 19:
+            assert f.drop_absent(recent=20) == 1  # key 5: renumbers every row after it
+        w = f.window()
+        got = w.flagged
+        for i, k in enumerate(w.keys):
+            want = [ref[k].get(int(ts), False) for ts in w.timestamps]
+            assert got[i].tolist() == want, (cycle, k)
+    assert keys[5] not in f
