@@ -91,7 +91,11 @@ class Window:
 
     def counts(self, index: Index = slice(None)) -> np.ndarray:
         """Number of points (not NaN) of the series `index`, before any hiding."""
-        return (~np.isnan(self._read(index, None))).sum(axis=1)
+        pos = np.arange(len(self.keys))[index]
+        out = np.zeros(len(pos), dtype=np.int64)
+        for lo in range(0, len(pos), _MERGE_ROWS):  # in blocks: a frame-backed window copies what it reads
+            out[lo : lo + _MERGE_ROWS] = (~np.isnan(self._read(pos[lo : lo + _MERGE_ROWS], None))).sum(axis=1)
+        return out
 
     def any_flagged(self) -> bool:
         flags = self._read_flags(slice(None), None)
@@ -275,6 +279,11 @@ class SeriesFrame:
     @property
     def empty(self) -> bool:
         return self._hi == self._lo
+
+    @property
+    def nbytes(self) -> int:
+        """Memory held by the stored history (values, references, flags), slack columns included."""
+        return self._buf.nbytes + self._base.nbytes + self._scale.nbytes + self._flags.nbytes
 
     @property
     def first_timestamp(self) -> int | None:
