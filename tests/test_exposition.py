@@ -22,12 +22,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, make_wsgi_app
 from prometheus_client.core import Metric
+from prometheus_client.exposition import choose_encoder
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
 from prometheus_client.parser import text_string_to_metric_families as parse_text
 from prometheus_client.utils import floatToGoString
 
 from exporter.collector import AnomalyCollector
 from exporter.exposition import SERIES_GAUGES, SeriesFamily, go_floats, render
+from exporter.metrics_endpoint import exposition
 from exporter.server import WebApp, WebServer
 from exporter.store import RuleSnapshot, Store
 from tests.realservers import PrometheusServer, promtool_check_metrics, require_binary
@@ -212,6 +214,36 @@ def test_same_bytes_as_prometheus_client(store_name, accept, query, filterable):
     assert call(app, accept, query, "identity, br")[2] == body
     if filterable and query == QUERIES[1] and store_name == "nasty" and "dots" not in (accept or ""):
         assert body.startswith(b"# HELP anomaly_score ") and b"\n# HELP" not in body  # it kept one family
+
+
+@pytest.mark.parametrize(
+    ("store_name", "accept", "spliced"),
+    [
+        ("nasty", None, True),
+        ("nasty", PROMETHEUS_2, True),
+        ("nasty", PROMETHEUS_3, True),
+        ("nasty", "text/plain;version=1.0.0;escaping=values", False),
+        ("utf8 names", PROMETHEUS_2, False),
+    ],
+)
+def test_the_prerendered_text_is_what_gets_served(store_name, accept, spliced):
+    """Not just the same bytes: without a reason to fall back, no sample is built at scrape time."""
+    registry = CollectorRegistry()
+    registry.register(AnomalyCollector(STORES[store_name]()))
+    encoder, content_type = choose_encoder(accept or "")
+    families = [f for f in registry.collect() if isinstance(f, SeriesFamily)]
+    pieces = exposition(_Fixed(families), encoder, content_type)
+    deflated = [p for p in pieces if p[1] is not None]
+    assert len(deflated) == (9 if spliced else 0)  # rule "nasty" 5, "plain" 4 (it has no value)
+    assert all(f._samples is None for f in families) == spliced
+
+
+class _Fixed:
+    def __init__(self, families):
+        self.families = families
+
+    def collect(self):
+        return self.families
 
 
 def test_other_methods_answer_as_make_wsgi_app():
