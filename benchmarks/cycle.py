@@ -4,14 +4,15 @@
 
 For each N: N seasonal gauges at 1-minute resolution are written as OpenMetrics, backfilled with promtool
 and served by a real Prometheus on 127.0.0.1. The exporter's own objects (PrometheusReader, RuleRunner,
-Store, AnomalyCollector) then run against it. The runner's clock is pinned to just after the newest sample,
-so every scoring cycle asks for the same 5 minutes however long the run takes. Linux only (reads
+Store, AnomalyCollector, WebApp) then run against it. The runner's clock is pinned to just after the newest
+sample, so every scoring cycle asks for the same 5 minutes however long the run takes. Linux only (reads
 /proc/self). See docs/performance.md for what each number means.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import inspect
 import json
 import multiprocessing
@@ -31,16 +32,16 @@ from pathlib import Path
 import numpy as np
 import requests
 import sklearn
-from prometheus_client import CollectorRegistry, generate_latest
 from sklearn.ensemble import IsolationForest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
-from exporter.collector import AnomalyCollector
+from benchmarks.scrape import PROMETHEUS_ACCEPT, exporter_registry, scrape
 from exporter.config import ModelConfig, PrometheusConfig, RuleConfig
 from exporter.frame import Window
 from exporter.pipeline import RuleRunner
 from exporter.reader import MAX_POINTS_PER_SERIES, PrometheusReader
+from exporter.server import WebApp
 from exporter.store import Store
 from tests.realservers import PrometheusServer, backfill, write_openmetrics
 
@@ -166,11 +167,13 @@ def measure(n: int, days: int, repeats: int, end: int, url: str) -> dict[str, fl
         out["exported"] = float(len(snap.labels))
         out["anomalous"] = float(np.count_nonzero(snap.score >= 1))
 
-    # 4. one /metrics scrape
-    registry = CollectorRegistry()
-    registry.register(AnomalyCollector(store))
-    out["scrape"] = statistics.median(timed(lambda: generate_latest(registry)) for _ in range(repeats))
-    out["scrape_bytes"] = float(len(generate_latest(registry)))
+    # 4. one /metrics scrape: the WebApp's response to Prometheus' own Accept header, plain and gzipped
+    registry = exporter_registry(store)
+    app = WebApp(store, registry)
+    for key, encoding in (("scrape", None), ("scrape_gzip", "gzip")):
+        get = functools.partial(scrape, app, PROMETHEUS_ACCEPT, encoding)
+        out[key] = statistics.median(timed(get) for _ in range(repeats))
+        out[f"{key}_bytes"] = float(len(get()))
 
     # 5. the floor: the same queries with plain requests + json.loads, nothing else
     last = int(clock()) // STEP * STEP
@@ -244,11 +247,13 @@ def report(rows: list[dict[str, float]], args: argparse.Namespace, total: float)
     )  # fmt: skip
     detail_cols = "series,history floor s,load/history floor,cycle: query stage s,score stage s,exported"
     lines += ["", *table(
-        [*detail_cols.split(","), "score ≥ 1", "OpenMetrics MB", "write s", "backfill s"],
+        [*detail_cols.split(","), "score ≥ 1", "gzip scrape ms", "gzip KB", "OpenMetrics MB", "write s",
+         "backfill s"],
         [
             [f"{r['n']:,.0f}", f"{r['history_floor']:.2f}", f"{r['load'] / r['history_floor']:.2f}",
              f"{r['cycle_query']:.3f}", f"{r['cycle_score']:.3f}", f"{r['exported']:.0f}",
-             f"{r['anomalous']:.0f}", f"{r['om_mb']:.0f}", f"{r['write']:.1f}", f"{r['backfill']:.1f}"]
+             f"{r['anomalous']:.0f}", f"{r['scrape_gzip'] * 1e3:.1f}", f"{r['scrape_gzip_bytes'] / 1024:.0f}",
+             f"{r['om_mb']:.0f}", f"{r['write']:.1f}", f"{r['backfill']:.1f}"]
             for r in rows
         ],
     )]  # fmt: skip

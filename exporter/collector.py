@@ -1,12 +1,13 @@
 """prometheus_client Collector: fresh metric families from the store's latest snapshots on every scrape.
 
 A series that vanished from a snapshot simply is not exported any more. Nothing here queries, fits or
-scores: values are computed on the exporter's schedule, as the HELP texts say.
+scores: values are computed on the exporter's schedule, as the HELP texts say. The per-series families
+carry their text as rendered when the snapshot was published (exporter/exposition.py), so /metrics need
+not format them again.
 """
 
 from __future__ import annotations
 
-import math
 import platform
 from collections.abc import Iterator, Sequence
 from typing import Protocol
@@ -15,23 +16,12 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from exporter import __version__
+from exporter.exposition import SERIES_GAUGES, SeriesFamily
 from exporter.notify.delivery import DeliveryStats
 from exporter.sharding import Shard
 from exporter.store import Store
 
 _SCHEDULE_NOTE = "Computed by the exporter every rule interval, not at scrape time."
-SERIES_GAUGES = (
-    (
-        "anomaly_score",
-        "score",
-        "Anomaly score: 0 = as expected, 1 = at the rule's threshold, higher = further out.",
-    ),
-    ("anomaly_observed", "value", "The series' value at the scored time: what anomaly_score judged."),
-    ("anomaly_expected", "expected", "Value the model expected for the series at the scored time."),
-    ("anomaly_expected_lower", "lower", "Lower edge of the expected band (anomaly_score 1 below it)."),
-    ("anomaly_expected_upper", "upper", "Upper edge of the expected band (anomaly_score 1 above it)."),
-)
-
 
 RULE_GAUGES = (  # per-rule health gauges: (name, HELP, RuleHealth attribute)
     ("anomaly_exporter_rule_up", "1 if the rule's last scoring cycle succeeded.", "up"),
@@ -92,17 +82,9 @@ class AnomalyCollector(Collector):
         self._shard = shard
 
     def collect(self) -> Iterator[Metric]:
-        snapshots = self._store.snapshots()
-        for name, attr, doc in SERIES_GAUGES:
-            family = Metric(name, f"{doc} {_SCHEDULE_NOTE}", "gauge")
-            for snap in snapshots.values():
-                values = getattr(snap, attr)
-                if values is None:
-                    continue
-                for labels, value in zip(snap.labels, values.tolist(), strict=True):
-                    if not math.isnan(value):
-                        family.add_sample(name, dict(labels), value)
-            yield family
+        published = list(self._store.published().values())
+        for index, (_, _, doc) in enumerate(SERIES_GAUGES):
+            yield SeriesFamily(index, f"{doc} {_SCHEDULE_NOTE}", published)
         yield from self._health_metrics()
 
     def _health_metrics(self) -> Iterator[Metric]:

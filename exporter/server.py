@@ -11,9 +11,10 @@ from socketserver import ThreadingMixIn
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import CollectorRegistry, make_wsgi_app
+from prometheus_client import CollectorRegistry
 
 from exporter import __version__
+from exporter.metrics_endpoint import MetricsEndpoint
 from exporter.sharding import Shard
 from exporter.store import Store
 
@@ -46,7 +47,7 @@ class WebApp:
     ) -> None:
         self._store = store
         self._shard = shard
-        self._metrics = make_wsgi_app(registry)
+        self._metrics = MetricsEndpoint(registry)  # the per-series gauges as rendered at publish time
         self._reload = reload
         self._lifecycle = enable_lifecycle
 

@@ -1,20 +1,26 @@
 """Latest results and health per rule. Writers swap whole immutable objects; scrapes copy references.
 
-No I/O and no model work here: a scrape only reads what the scheduler's jobs last published.
+No I/O and no model work here: a scrape only reads what the scheduler's jobs last published. A snapshot's
+exposition text is rendered as it is published, in the publishing (scoring) thread, outside the lock.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import NamedTuple
 
 import numpy as np
 
+from exporter.exposition import RenderedSeries, render
+
 LabelPairs = tuple[tuple[str, str], ...]
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -30,6 +36,11 @@ class RuleSnapshot:
     upper: np.ndarray
     timestamp: float  # the grid time of the scored point
     value: np.ndarray | None = None  # the observed value that was scored (None: not given)
+
+
+class Published(NamedTuple):
+    snapshot: RuleSnapshot
+    rendered: RenderedSeries  # its sample lines, ready for /metrics
 
 
 @dataclass(frozen=True)
@@ -59,7 +70,7 @@ class Store:
     def __init__(self, clock=time.time) -> None:
         self._clock = clock
         self._lock = threading.Lock()
-        self._snapshots: dict[str, RuleSnapshot] = {}
+        self._published: dict[str, Published] = {}
         self._health: dict[str, RuleHealth] = {}
         self._owners: dict[str, object] = {}  # who may write each rule's state (the current runner)
         self._reload = ReloadStatus(last_success=clock())
@@ -71,7 +82,7 @@ class Store:
         with self._lock:
             if self._owners.get(rule, owner) is not owner:
                 self._health[rule] = RuleHealth()
-                self._snapshots.pop(rule, None)
+                self._published.pop(rule, None)
             self._health.setdefault(rule, RuleHealth())
             self._owners[rule] = owner
         return RuleWriter(self, rule, owner)
@@ -79,25 +90,39 @@ class Store:
     def remove_rule(self, rule: str) -> None:
         with self._lock:
             self._health.pop(rule, None)
-            self._snapshots.pop(rule, None)
+            self._published.pop(rule, None)
             self._owners.pop(rule, None)
 
     def _owned(self, rule: str, owner: object) -> bool:
         return rule in self._health and (owner is None or self._owners.get(rule) is owner)
 
     def publish(self, rule: str, snapshot: RuleSnapshot, owner: object = None) -> None:
+        """Render the snapshot's exposition text (unlocked: scrapes, other rules go on), then swap it in."""
         with self._lock:
-            if not self._owned(rule, owner):
-                return  # a rule removed or replaced by a reload while its job ran stays so
-            current = self._snapshots.get(rule)
-            if current is None or snapshot.timestamp >= current.timestamp:  # never go back in time
-                self._snapshots[rule] = snapshot
+            if not self._accepts(rule, snapshot, owner):
+                return
+            previous = self._published.get(rule)
+        try:
+            rendered = render(snapshot, previous.rendered if previous is not None else None)
+        except Exception as exc:  # a malformed snapshot: the rule goes down, its last good one stays
+            log.warning("rule %s: cannot publish the snapshot: %s", rule, exc, exc_info=True)
+            self.record_error(rule, "score", f"cannot publish: {exc}", owner)
+            raise
+        with self._lock:
+            if self._accepts(rule, snapshot, owner):  # still, after rendering
+                self._published[rule] = Published(snapshot, rendered)
+
+    def _accepts(self, rule: str, snapshot: RuleSnapshot, owner: object) -> bool:  # lock held
+        if not self._owned(rule, owner):
+            return False  # a rule removed or replaced by a reload while its job ran stays so
+        current = self._published.get(rule)
+        return current is None or snapshot.timestamp >= current.snapshot.timestamp  # never back in time
 
     def withdraw(self, rule: str, owner: object = None) -> None:
         """Stop exporting a rule's series (e.g. its data can no longer be trusted as current)."""
         with self._lock:
             if self._owned(rule, owner):
-                self._snapshots.pop(rule, None)
+                self._published.pop(rule, None)
 
     def update(self, rule: str, owner: object = None, **changes: object) -> None:
         with self._lock:
@@ -142,7 +167,13 @@ class Store:
     # -- readers -----------------------------------------------------------------------------------
     def snapshots(self) -> dict[str, RuleSnapshot]:
         with self._lock:
-            return dict(self._snapshots)
+            return {rule: p.snapshot for rule, p in self._published.items()}
+
+    def published(self) -> dict[str, Published]:
+        """Snapshots with their rendered text, in publishing order (a rule keeps its place when it
+        publishes again)."""
+        with self._lock:
+            return dict(self._published)
 
     def health(self) -> dict[str, RuleHealth]:
         with self._lock:
