@@ -1,11 +1,13 @@
 """A rule's loop on the built-in demo source (no network): fetch, fit, score, publish, fail, recover."""
 
+import itertools
+
 import numpy as np
 import pytest
 
+from exporter import pipeline
 from exporter.config import RuleConfig
 from exporter.demo import DemoSource
-from exporter import pipeline
 from exporter.pipeline import RuleRunner, output_labels, stable_hash
 from exporter.reader import RangeResult, UnavailableError
 from exporter.store import Store
@@ -94,7 +96,7 @@ def test_history_is_loaded_in_time_slices_merged_as_they_arrive(monkeypatch):
     assert len(whole_calls) == 2 and len(calls) == 1 + 11  # probe, then 10,080 columns in 11 slices
     history = calls[1:]
     assert history[0][0] == whole_calls[1][0] and history[-1][1] == whole_calls[1][1]
-    for (_, end), (start, _) in zip(history, history[1:], strict=False):
+    for (_, end), (start, _) in itertools.pairwise(history):
         assert start == end + 60  # contiguous, no overlap, no gap
     assert all((end - start) // 60 + 1 <= 1000 for start, end in history)
     assert sliced.labels == whole.labels
