@@ -31,12 +31,25 @@ def robust_sigma(a: np.ndarray) -> np.ndarray:
     MAD-based. Where the MAD is 0 (a mostly-constant or integer series) it falls back to ever higher
     quantiles of the absolute deviation (75th, 90th, 99th), each scaled to σ for normal data, so a series
     that is flat except for rare steps still gets a finite, non-zero scale that one huge value can't blow up.
+    The fallbacks are computed only for the rows that still need them.
+
+    >>> robust_sigma(np.array([[1.0, 2.0, 3.0, 4.0, 100.0], [5.0, 5.0, 5.0, 5.0, 9.0]])).round(4).tolist()
+    [1.4826, 1.4591]
+
+    (the second row's deviations are 0, 0, 0, 0, 4: MAD and 75th percentile 0, 90th 2.4 → 2.4 / 1.6449)
     """
     center = nanmedian(a)
     dev = np.abs(a - center[..., None])
-    sigma = MAD_TO_SIGMA * nanmedian(dev)
+    sigma = np.asarray(MAD_TO_SIGMA * nanmedian(dev))
+    rows, flat = dev.reshape(-1, dev.shape[-1]), sigma.reshape(-1)  # views
+    # A NaN MAD means no deviation at all in the row: every quantile would be NaN too.
+    need = np.flatnonzero(flat == 0)
     for q, z in ((0.75, 1.1503), (0.9, 1.6449), (0.99, 2.5758)):
-        sigma = np.where(sigma > 0, sigma, nanquantile(dev, q) / z)
+        if not need.size:
+            break
+        fallback = nanquantile(rows[need], q) / z
+        flat[need] = fallback
+        need = need[~(fallback > 0)]
     return sigma
 
 
