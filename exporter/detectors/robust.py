@@ -13,6 +13,10 @@ numpy's own functions are slow here: nanmedian/nanquantile loop in Python over r
 when the last axis is short or the array has more than two dimensions. These sort every row once (NaN
 sorts last), count each row's valid values (only rows that end in NaN need counting) and gather the
 order statistics at per-row ranks.
+
+Arrays laid out with their last axis not contiguous (the seasonal fit's cubes, gathered by fancy indexing,
+have the series axis fastest) are first copied into rows in memory order (_rows), which numpy's sort
+along such an axis does not do.
 """
 
 from __future__ import annotations
@@ -101,19 +105,42 @@ Ranks = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]  # valid count per
 
 
 def _rows(a: np.ndarray) -> tuple[np.ndarray, bool, Callable[[np.ndarray], np.ndarray]]:
-    """`a` as a (rows, n) float32/float64 array, whether that is a fresh C-ordered copy the caller may
-    overwrite, and the function that puts one value per row back into a's shape."""
+    """`a` as a (rows, n) float32/float64 array with contiguous rows, whether that is a fresh C-ordered
+    copy the caller may overwrite, and the function that puts one value per row back into a's shape.
+
+    Rows are enumerated in a's memory order (its leading axes by decreasing stride), so the copy of a
+    (series, slot, sample) cube whose series axis varies fastest, as the seasonal fit builds them, reads
+    memory in order; a last axis that is not contiguous is transposed tile by tile. Either way is several
+    times faster than numpy's copy (or sort) in C order."""
     arr = np.asarray(a)
     if arr.ndim == 0:
         raise ValueError("need at least one dimension (the axis reduced)")
     if arr.dtype not in (np.float32, np.float64):
         arr = arr.astype(np.float64)
-    x = arr.reshape(math.prod(arr.shape[:-1]), arr.shape[-1])
+    lead = sorted(range(arr.ndim - 1), key=lambda i: -abs(arr.strides[i]))
+    view = arr.transpose(*lead, arr.ndim - 1)
+    x = view.reshape(math.prod(view.shape[:-1]), view.shape[-1])
+    if x.size and x.shape[1] > 1 and x.strides[1] != x.itemsize:
+        x = _tiled_copy(x)
     owned = not np.may_share_memory(x, a)
     if owned and not x.flags.c_contiguous:
         x = np.ascontiguousarray(x)
-    shape = arr.shape[:-1]
-    return x, owned, lambda values: values.reshape(shape)
+    shape, back = view.shape[:-1], np.argsort(lead)
+
+    def restore(values: np.ndarray) -> np.ndarray:
+        values = values.reshape(shape)
+        return values if lead == sorted(lead) else values.transpose(back).copy()
+
+    return x, owned, restore
+
+
+def _tiled_copy(x: np.ndarray) -> np.ndarray:
+    """C-ordered copy of a 2-D array whose rows are strided, column tiles of about 1 MiB at a time."""
+    out = np.empty(x.shape, dtype=x.dtype)
+    step = max(1, (1 << 20) // (x.shape[0] * x.itemsize))
+    for j in range(0, x.shape[1], step):
+        out[:, j : j + step] = x[:, j : j + step]
+    return out
 
 
 def _median_ranks(count: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
