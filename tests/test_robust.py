@@ -1,0 +1,320 @@
+"""exporter.detectors.robust against numpy, row by row: np.nanmedian / np.nanquantile(method="linear") of each
+1-D row are the reference, bit for bit (assert_array_equal: NaN equals NaN, and 0.0 equals -0.0, the one
+thing partitioning and sorting may pick differently). Both selection paths are checked on every input:
+sorting (short rows) and the NaN-filled single-kth partition (long rows), by moving PARTITION_MIN."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from unittest import mock
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from exporter.detectors import robust
+from exporter.detectors.robust import MAD_TO_SIGMA, nanmedian, nanquantile, robust_sigma
+
+PATHS = ("sort", "partition", "mixed", "auto")  # see path()
+FALLBACKS = ((0.75, 1.1503), (0.9, 1.6449), (0.99, 2.5758))
+SPECIAL = [np.nan, np.inf, -np.inf, 0.0, -0.0, 1.0, -1.0, 2.5, 1e308, -1e308, 5e-324]
+
+
+@contextmanager
+def path(name: str) -> Iterator[None]:
+    """sort: every row sorted; partition: every row partitioned (NaN fills however many); mixed: a random
+    half of the rows each way; auto: rows of any length partitioned where _worth_partitioning says so."""
+    if name == "sort":
+        with mock.patch.object(robust, "PARTITION_MIN", 10**9):
+            yield
+        return
+    rng = np.random.default_rng(0)
+    choose = {
+        "partition": lambda x: np.ones(len(x), dtype=bool),
+        "mixed": lambda x: rng.random(len(x)) < 0.5,
+        "auto": robust._worth_partitioning,
+    }[name]
+    with (
+        mock.patch.object(robust, "PARTITION_MIN", 1),
+        mock.patch.object(robust, "_worth_partitioning", side_effect=choose),
+    ):
+        yield
+
+
+def per_row(a: np.ndarray, fn: Callable[[np.ndarray], object]) -> np.ndarray:
+    """numpy's 1-D function applied to each row; NaN for an empty row; numpy's result dtype kept."""
+    rows = a.reshape(math.prod(a.shape[:-1]), a.shape[-1])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows, inf - inf
+        out = [fn(r) if r.size else a.dtype.type(np.nan) for r in rows]
+    dtype = np.result_type(*(np.asarray(v) for v in out)) if out else a.dtype
+    return np.array(out, dtype=dtype).reshape(a.shape[:-1])
+
+
+def ref_median(a: np.ndarray) -> np.ndarray:
+    return per_row(a, np.nanmedian)
+
+
+def ref_quantile(a: np.ndarray, q: float) -> np.ndarray:
+    return per_row(a, lambda r: np.nanquantile(r, q, method="linear"))
+
+
+def ref_sigma(a: np.ndarray) -> np.ndarray:
+    """The definition: MAD × 1.4826, else the first positive of the 75th/90th/99th deviation quantiles / z."""
+    center = ref_median(a)
+    with np.errstate(invalid="ignore", over="ignore"):
+        dev = np.abs(a - center[..., None])
+        sigma = MAD_TO_SIGMA * ref_median(dev)
+    for q, z in FALLBACKS:
+        sigma = np.where(sigma > 0, sigma, ref_quantile(dev, q) / z)
+    return sigma
+
+
+def same(got: np.ndarray, want: np.ndarray) -> None:
+    assert got.shape == want.shape
+    assert got.dtype == want.dtype, (got.dtype, want.dtype)
+    np.testing.assert_array_equal(got, want, strict=True)
+
+
+# -- strategies ------------------------------------------------------------------------------------------
+def relayout(a: np.ndarray, how: str, perm: list[int]) -> np.ndarray:
+    """The same array laid out differently in memory (reversed: each row backwards, same values)."""
+    if how == "F":
+        return np.asfortranarray(a)
+    if how == "permuted":  # e.g. the seasonal fit's cubes, series axis fastest
+        return np.ascontiguousarray(a.transpose(perm)).transpose(np.argsort(perm))
+    if how == "strided":
+        wide = np.zeros((*a.shape[:-1], 2 * a.shape[-1]), dtype=a.dtype)
+        wide[..., ::2] = a
+        return wide[..., ::2]
+    if how == "reversed":
+        return a[..., ::-1]
+    return a
+
+
+@st.composite
+def small_arrays(draw: st.DrawFn) -> np.ndarray:
+    """Any values (huge, tiny, ±inf, ±0) with NaN and ties, in 1-4 dimensions with short rows, in any
+    memory layout."""
+    dtype = draw(st.sampled_from([np.float32, np.float64]))
+    lead = draw(st.lists(st.integers(0, 3), max_size=3))
+    shape = (*lead, draw(st.integers(0, 12)))
+    floats = st.floats(width=32) if dtype == np.float32 else st.floats()
+    elements = st.one_of(st.sampled_from(SPECIAL), floats, st.integers(-3, 3).map(float))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # 1e308 overflowing to inf in float32 is fine
+        a = draw(hnp.arrays(dtype, shape, elements=elements))
+    how = draw(st.sampled_from(["C", "F", "permuted", "strided", "reversed"]))
+    return relayout(a, how, draw(st.permutations(range(a.ndim))))
+
+
+@st.composite
+def long_rows(draw: st.DrawFn) -> np.ndarray:
+    """Rows of a few thousand values, generated by numpy from drawn parameters: per-row NaN shares from none
+    to all, real ±inf, heavy ties."""
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    dtype = draw(st.sampled_from([np.float32, np.float64]))
+    rows, n = draw(st.integers(1, 6)), draw(st.integers(1000, 2100))
+    if draw(st.booleans()):
+        a = rng.integers(-4, 5, (rows, n)).astype(dtype)  # ties everywhere
+    else:
+        a = rng.standard_cauchy((rows, n)).astype(dtype)
+    nan_share = rng.choice([0.0, 0.001, 0.3, 0.5, 0.97, 1.0], size=(rows, 1))
+    a[rng.random((rows, n)) < nan_share] = np.nan
+    for value in (np.inf, -np.inf):
+        if draw(st.booleans()):
+            a[rng.random((rows, n)) < draw(st.sampled_from([0.001, 0.2, 0.6]))] = value
+    if draw(st.booleans()):  # the layout of the fit's (1, samples) cubes: rows strided, series fastest
+        a = np.asfortranarray(a)
+    return a
+
+
+quantiles = st.one_of(
+    st.sampled_from([0.0, 0.01, 0.25, 0.29, 0.5, 0.75, 0.9, 0.95, 0.99, 1.0]),
+    st.floats(0.0, 1.0),
+)
+
+
+# -- properties -----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("how", PATHS)
+@settings(max_examples=300, deadline=None, database=None)
+@given(a=small_arrays())
+def test_nanmedian_is_numpys_per_row(how: str, a: np.ndarray) -> None:
+    with path(how):
+        same(nanmedian(a), ref_median(a))
+
+
+@pytest.mark.parametrize("how", PATHS)
+@settings(max_examples=300, deadline=None, database=None)
+@given(a=small_arrays(), q=quantiles)
+def test_nanquantile_is_numpys_per_row(how: str, a: np.ndarray, q: float) -> None:
+    with path(how):
+        same(nanquantile(a, q), ref_quantile(a, q))
+
+
+@pytest.mark.parametrize("how", PATHS)
+@settings(max_examples=40, deadline=None, database=None)
+@given(a=long_rows(), q=quantiles)
+def test_long_rows(how: str, a: np.ndarray, q: float) -> None:
+    with path(how):
+        same(nanmedian(a), ref_median(a))
+        same(nanquantile(a, q), ref_quantile(a, q))
+
+
+@pytest.mark.parametrize("how", PATHS)
+@settings(max_examples=200, deadline=None, database=None)
+@given(a=small_arrays())
+def test_robust_sigma_follows_its_definition(how: str, a: np.ndarray) -> None:
+    with path(how):
+        same(robust_sigma(a), ref_sigma(a))
+
+
+@pytest.mark.parametrize("how", PATHS)
+@settings(max_examples=30, deadline=None, database=None)
+@given(a=long_rows())
+def test_robust_sigma_long_rows(how: str, a: np.ndarray) -> None:
+    with path(how):
+        same(robust_sigma(a), ref_sigma(a))
+
+
+# -- cases ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("how", PATHS)
+def test_edge_rows(how: str) -> None:
+    nan, inf = np.nan, np.inf
+    a = np.array(
+        [
+            [nan, nan, nan, nan],  # no data
+            [nan, 7.0, nan, nan],  # one value
+            [inf, nan, -inf, nan],  # median of -inf and inf: nan, as in numpy
+            [inf, inf, nan, 1.0],
+            [-inf, 3.0, nan, nan],
+            [2.0, 2.0, 2.0, 2.0],
+        ]
+    )
+    with path(how):
+        np.testing.assert_array_equal(nanmedian(a), [nan, 7.0, nan, inf, -inf, 2.0])
+        same(nanmedian(a), ref_median(a))
+        for q in (0.0, 0.3, 0.5, 0.99, 1.0, 0, 1):
+            same(nanquantile(a, q), ref_quantile(a, q))
+        same(robust_sigma(a), ref_sigma(a))
+
+
+@pytest.mark.parametrize("how", PATHS)
+def test_shapes(how: str) -> None:
+    rng = np.random.default_rng(3)
+    with path(how):
+        assert nanmedian(np.empty((3, 0))).shape == (3,)
+        assert np.isnan(nanmedian(np.empty((3, 0)))).all()
+        assert np.isnan(nanquantile(np.empty((2, 4, 0)), 0.9)).all()
+        assert np.isnan(robust_sigma(np.empty((2, 0)))).all()
+        assert nanmedian(np.empty((0, 5))).shape == (0,)
+        assert nanquantile(np.empty((0, 3, 5)), 0.5).shape == (0, 3)
+        assert robust_sigma(np.empty((0, 5))).shape == (0,)
+        one = nanmedian(np.array([3.0, np.nan, 1.0]))  # 1-D: a 0-d array, like before
+        assert isinstance(one, np.ndarray) and one.shape == () and one == 2.0
+        assert robust_sigma(np.array([1.0, 2.0, 4.0])).shape == ()
+        cube = rng.normal(size=(5, 7, 33))
+        cube[rng.random(cube.shape) < 0.2] = np.nan
+        cube[1, 2] = np.nan
+        same(nanmedian(cube), ref_median(cube))
+        same(nanquantile(cube, 0.99), ref_quantile(cube, 0.99))
+        same(robust_sigma(cube), ref_sigma(cube))
+
+
+def test_dtypes() -> None:
+    ints = np.array([[1, 2, 3, 4]])
+    assert nanmedian(ints).dtype == np.float64 and nanmedian(ints).tolist() == [2.5]
+    assert nanmedian(np.asfortranarray([[1, 2, 3], [4, 6, 8]])).tolist() == [2.0, 6.0]
+    assert nanquantile(ints, 0.5).tolist() == [2.5]
+    f32 = np.array([[1.0, 2.0, np.nan, 4.0]], dtype=np.float32)
+    assert nanmedian(f32).dtype == np.float32
+    assert nanquantile(f32, 0.99).dtype == np.float32  # like np.nanquantile with a Python float q
+    assert robust_sigma(f32).dtype == np.float32
+
+
+def test_quantile_out_of_range() -> None:
+    with pytest.raises(ValueError, match="within"):
+        nanquantile(np.ones((2, 3)), 1.5)
+
+
+@pytest.mark.parametrize("how", PATHS)
+def test_fit_cube_layout(how: str) -> None:
+    """Cubes gathered by fancy indexing as the seasonal fit does (series axis fastest in memory): values come
+    back in the cube's own order, and the cube is left alone."""
+    rng = np.random.default_rng(11)
+    x = rng.normal(size=(7, 60))
+    x[rng.random(x.shape) < 0.1] = np.nan
+    idx = rng.permutation(60).reshape(5, 12)
+    cube = x[:, idx]
+    assert not cube.flags.c_contiguous and np.argmin(cube.strides) == 0
+    before = cube.copy()
+    with path(how):
+        same(nanmedian(cube), ref_median(cube))
+        same(nanquantile(cube, 0.9), ref_quantile(cube, 0.9))
+        same(robust_sigma(cube), ref_sigma(cube))
+        assert nanmedian(cube).flags.c_contiguous
+    np.testing.assert_array_equal(cube, before)
+
+
+@pytest.mark.parametrize("how", PATHS)
+def test_inputs_are_not_modified(how: str) -> None:
+    rng = np.random.default_rng(5)
+    base = rng.normal(size=(6, 40))
+    base[rng.random(base.shape) < 0.3] = np.nan
+    cube = base.reshape(3, 2, 40)
+    for a in (base, base[:, 5:30], base[::2], base.T.copy().T, cube, cube.transpose(1, 0, 2), base[:, ::-3]):
+        before = a.copy()
+        with path(how):
+            nanmedian(a)
+            nanquantile(a, 0.7)
+            robust_sigma(a)
+        np.testing.assert_array_equal(a, before)
+
+
+@pytest.mark.parametrize("how", PATHS)
+def test_robust_sigma_fallbacks(how: str) -> None:
+    rows = np.array(
+        [
+            [5.0, 5.0, 5.0, 5.0, 9.0],  # MAD 0, 75th 0: the 90th (2.4 / 1.6449)
+            [1.0, 1.0, 1.0, 1.0, 1.0],  # all 0: stays 0
+            [1.0, 2.0, 3.0, 4.0, 100.0],  # MAD 1
+            [np.nan] * 5,
+            [0.0, 0.0, 0.0, 3.0, 6.0],  # MAD 0, 75th 3
+        ]
+    )
+    with path(how):
+        got = robust_sigma(rows)
+    assert got[0] == pytest.approx(2.4 / 1.6449)
+    assert got[1] == 0.0
+    assert got[2] == pytest.approx(MAD_TO_SIGMA)
+    assert math.isnan(got[3])
+    assert got[4] == pytest.approx(3.0 / 1.1503)
+    same(got, ref_sigma(rows))
+
+
+def test_which_rows_are_partitioned() -> None:
+    """Long rows are partitioned unless they hold many NaNs or ties (sorting is faster there); short rows
+    (the fit's cubes) are sorted."""
+    assert 35 < 420 < robust.PARTITION_MIN <= 10_080
+    rng = np.random.default_rng(7)
+    a = rng.normal(size=(6, 10_080))
+    a[1, ::40] = np.nan  # 2.5 %: filled and partitioned
+    a[2, :5000] = np.nan  # half: sorted
+    a[3, -1] = np.inf
+    a[4, ::2] = 0.0  # half the values tie: sorted
+    a[5] = rng.integers(0, 5, 10_080)  # a small integer gauge: sorted
+    assert robust._worth_partitioning(a).tolist() == [True, True, False, True, False, False]
+    with mock.patch.object(robust, "_by_partition", wraps=robust._by_partition) as partition:
+        same(nanmedian(a), ref_median(a))
+        same(nanquantile(a, 0.99), ref_quantile(a, 0.99))
+        same(robust_sigma(a), ref_sigma(a))
+    assert partition.call_count == 4  # robust_sigma: the median and the MAD
+    assert [len(call.args[0]) for call in partition.call_args_list] == [3, 3, 3, 3]
+    with mock.patch.object(robust, "_by_partition", wraps=robust._by_partition) as partition:
+        nanmedian(rng.normal(size=(100, 24, 420)))
+    partition.assert_not_called()
