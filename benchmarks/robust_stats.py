@@ -1,6 +1,6 @@
 """Time exporter.detectors.robust against the sort-based implementation it replaced, and the seasonal fit.
 
-    python benchmarks/robust_stats.py [--runs 7] [--series 1000] [--no-fit] [--sweep]
+    python benchmarks/robust_stats.py [--runs 7] [--series 1000] [--no-fit]
 
 The shapes are those the seasonal fit hands these functions for 7 days at 1 minute (10,080 columns), in its
 chunks of about 400 series: rows (400, 10080) and (series, slot, sample) cubes (400, 288, 35) for the
@@ -9,9 +9,6 @@ both as the fit lays it out in memory ("fit": built by seasonal._cube, series ax
 Data: N(0, 1) with 1 % NaN, as float64 (and float32 for the rows). Each cell is the median of --runs runs.
 "before" is the old implementation, kept below verbatim for the comparison; the table also checks that
 old and new agree (medians exactly; quantiles to a few ulp, as the old interpolation rounded differently).
-
---sweep first times the two selection paths against each other by row length (rows of 512 to 20,160
-values, 1 % NaN), which is how PARTITION_MIN was chosen.
 
 The last part times SeasonalBaseline().fit on --series synthetic daily-seasonal series (7 days at 1
 minute), once with the old functions patched in and once with the new ones, runs alternating.
@@ -27,7 +24,6 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
-from unittest import mock
 
 import numpy as np
 
@@ -187,32 +183,13 @@ def end_to_end(series: int, runs: int) -> None:
                 print(f"  {f}: {int((b != a).sum())} cells differ, max relative difference {rel:.1e}")
 
 
-def sweep(runs: int) -> None:
-    """Sort path against partition path by row length, about 4 M values each, to place PARTITION_MIN."""
-    print(
-        f"{'n':>6} {'dtype':<8} {'median sort':>11} {'partition':>9} {'q99 sort':>9} {'partition':>9}  (ms)"
-    )
-    for dtype in (np.float64, np.float32):
-        for n in (512, 1024, 2048, 3072, 4096, 6144, 10080, 20160):
-            a = data((4_000_000 // n, n), dtype)
-            cells = []
-            for fn in (robust.nanmedian, partial(robust.nanquantile, q=0.99)):
-                for threshold in (sys.maxsize, 1):
-                    with mock.patch.object(robust, "PARTITION_MIN", threshold):
-                        cells.append(best_of(partial(fn, a), runs))
-            print(f"{n:>6} {np.dtype(dtype).name:<8} " + " ".join(f"{c:>9.1f}" for c in cells))
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=7)
     parser.add_argument("--series", type=int, default=1000)
     parser.add_argument("--no-fit", action="store_true", help="skip the end-to-end SeasonalBaseline fit")
-    parser.add_argument("--sweep", action="store_true", help="also time both paths by row length")
     args = parser.parse_args()
-    print(f"numpy {np.__version__}, median of {args.runs} runs; PARTITION_MIN = {robust.PARTITION_MIN}")
-    if args.sweep:
-        sweep(args.runs)
+    print(f"numpy {np.__version__}, median of {args.runs} runs")
     micro(args.runs)
     if not args.no_fit:
         end_to_end(args.series, args.runs)

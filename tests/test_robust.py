@@ -1,15 +1,12 @@
 """exporter.detectors.robust against numpy, row by row: np.nanmedian / np.nanquantile(method="linear") of each
-1-D row are the reference, bit for bit (assert_array_equal: NaN equals NaN, and 0.0 equals -0.0, the one
-thing partitioning and sorting may pick differently). Both selection paths are checked on every input:
-sorting (short rows) and the NaN-filled single-kth partition (long rows), by moving PARTITION_MIN."""
+1-D row are the reference, bit for bit (assert_array_equal: NaN equals NaN, and 0.0 equals -0.0, which
+numpy itself may pick either of)."""
 
 from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from unittest import mock
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -17,33 +14,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from exporter.detectors import robust
 from exporter.detectors.robust import MAD_TO_SIGMA, nanmedian, nanquantile, robust_sigma
 
-PATHS = ("sort", "partition", "mixed", "auto")  # see path()
 FALLBACKS = ((0.75, 1.1503), (0.9, 1.6449), (0.99, 2.5758))
 SPECIAL = [np.nan, np.inf, -np.inf, 0.0, -0.0, 1.0, -1.0, 2.5, 1e308, -1e308, 5e-324]
-
-
-@contextmanager
-def path(name: str) -> Iterator[None]:
-    """sort: every row sorted; partition: every row partitioned (NaN fills however many); mixed: a random
-    half of the rows each way; auto: rows of any length partitioned where _worth_partitioning says so."""
-    if name == "sort":
-        with mock.patch.object(robust, "PARTITION_MIN", 10**9):
-            yield
-        return
-    rng = np.random.default_rng(0)
-    choose = {
-        "partition": lambda x: np.ones(len(x), dtype=bool),
-        "mixed": lambda x: rng.random(len(x)) < 0.5,
-        "auto": robust._worth_partitioning,
-    }[name]
-    with (
-        mock.patch.object(robust, "PARTITION_MIN", 1),
-        mock.patch.object(robust, "_worth_partitioning", side_effect=choose),
-    ):
-        yield
 
 
 def per_row(a: np.ndarray, fn: Callable[[np.ndarray], object]) -> np.ndarray:
@@ -141,50 +115,39 @@ quantiles = st.one_of(
 
 
 # -- properties -----------------------------------------------------------------------------------------
-@pytest.mark.parametrize("how", PATHS)
 @settings(max_examples=300, deadline=None, database=None)
 @given(a=small_arrays())
-def test_nanmedian_is_numpys_per_row(how: str, a: np.ndarray) -> None:
-    with path(how):
-        same(nanmedian(a), ref_median(a))
+def test_nanmedian_is_numpys_per_row(a: np.ndarray) -> None:
+    same(nanmedian(a), ref_median(a))
 
 
-@pytest.mark.parametrize("how", PATHS)
 @settings(max_examples=300, deadline=None, database=None)
 @given(a=small_arrays(), q=quantiles)
-def test_nanquantile_is_numpys_per_row(how: str, a: np.ndarray, q: float) -> None:
-    with path(how):
-        same(nanquantile(a, q), ref_quantile(a, q))
+def test_nanquantile_is_numpys_per_row(a: np.ndarray, q: float) -> None:
+    same(nanquantile(a, q), ref_quantile(a, q))
 
 
-@pytest.mark.parametrize("how", PATHS)
 @settings(max_examples=40, deadline=None, database=None)
 @given(a=long_rows(), q=quantiles)
-def test_long_rows(how: str, a: np.ndarray, q: float) -> None:
-    with path(how):
-        same(nanmedian(a), ref_median(a))
-        same(nanquantile(a, q), ref_quantile(a, q))
+def test_long_rows(a: np.ndarray, q: float) -> None:
+    same(nanmedian(a), ref_median(a))
+    same(nanquantile(a, q), ref_quantile(a, q))
 
 
-@pytest.mark.parametrize("how", PATHS)
 @settings(max_examples=200, deadline=None, database=None)
 @given(a=small_arrays())
-def test_robust_sigma_follows_its_definition(how: str, a: np.ndarray) -> None:
-    with path(how):
-        same(robust_sigma(a), ref_sigma(a))
+def test_robust_sigma_follows_its_definition(a: np.ndarray) -> None:
+    same(robust_sigma(a), ref_sigma(a))
 
 
-@pytest.mark.parametrize("how", PATHS)
 @settings(max_examples=30, deadline=None, database=None)
 @given(a=long_rows())
-def test_robust_sigma_long_rows(how: str, a: np.ndarray) -> None:
-    with path(how):
-        same(robust_sigma(a), ref_sigma(a))
+def test_robust_sigma_long_rows(a: np.ndarray) -> None:
+    same(robust_sigma(a), ref_sigma(a))
 
 
 # -- cases ------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("how", PATHS)
-def test_edge_rows(how: str) -> None:
+def test_edge_rows() -> None:
     nan, inf = np.nan, np.inf
     a = np.array(
         [
@@ -196,34 +159,31 @@ def test_edge_rows(how: str) -> None:
             [2.0, 2.0, 2.0, 2.0],
         ]
     )
-    with path(how):
-        np.testing.assert_array_equal(nanmedian(a), [nan, 7.0, nan, inf, -inf, 2.0])
-        same(nanmedian(a), ref_median(a))
-        for q in (0.0, 0.3, 0.5, 0.99, 1.0, 0, 1):
-            same(nanquantile(a, q), ref_quantile(a, q))
-        same(robust_sigma(a), ref_sigma(a))
+    np.testing.assert_array_equal(nanmedian(a), [nan, 7.0, nan, inf, -inf, 2.0])
+    same(nanmedian(a), ref_median(a))
+    for q in (0.0, 0.3, 0.5, 0.99, 1.0, 0, 1):
+        same(nanquantile(a, q), ref_quantile(a, q))
+    same(robust_sigma(a), ref_sigma(a))
 
 
-@pytest.mark.parametrize("how", PATHS)
-def test_shapes(how: str) -> None:
+def test_shapes() -> None:
     rng = np.random.default_rng(3)
-    with path(how):
-        assert nanmedian(np.empty((3, 0))).shape == (3,)
-        assert np.isnan(nanmedian(np.empty((3, 0)))).all()
-        assert np.isnan(nanquantile(np.empty((2, 4, 0)), 0.9)).all()
-        assert np.isnan(robust_sigma(np.empty((2, 0)))).all()
-        assert nanmedian(np.empty((0, 5))).shape == (0,)
-        assert nanquantile(np.empty((0, 3, 5)), 0.5).shape == (0, 3)
-        assert robust_sigma(np.empty((0, 5))).shape == (0,)
-        one = nanmedian(np.array([3.0, np.nan, 1.0]))  # 1-D: a 0-d array, like before
-        assert isinstance(one, np.ndarray) and one.shape == () and one == 2.0
-        assert robust_sigma(np.array([1.0, 2.0, 4.0])).shape == ()
-        cube = rng.normal(size=(5, 7, 33))
-        cube[rng.random(cube.shape) < 0.2] = np.nan
-        cube[1, 2] = np.nan
-        same(nanmedian(cube), ref_median(cube))
-        same(nanquantile(cube, 0.99), ref_quantile(cube, 0.99))
-        same(robust_sigma(cube), ref_sigma(cube))
+    assert nanmedian(np.empty((3, 0))).shape == (3,)
+    assert np.isnan(nanmedian(np.empty((3, 0)))).all()
+    assert np.isnan(nanquantile(np.empty((2, 4, 0)), 0.9)).all()
+    assert np.isnan(robust_sigma(np.empty((2, 0)))).all()
+    assert nanmedian(np.empty((0, 5))).shape == (0,)
+    assert nanquantile(np.empty((0, 3, 5)), 0.5).shape == (0, 3)
+    assert robust_sigma(np.empty((0, 5))).shape == (0,)
+    one = nanmedian(np.array([3.0, np.nan, 1.0]))  # 1-D: a 0-d array, like before
+    assert isinstance(one, np.ndarray) and one.shape == () and one == 2.0
+    assert robust_sigma(np.array([1.0, 2.0, 4.0])).shape == ()
+    cube = rng.normal(size=(5, 7, 33))
+    cube[rng.random(cube.shape) < 0.2] = np.nan
+    cube[1, 2] = np.nan
+    same(nanmedian(cube), ref_median(cube))
+    same(nanquantile(cube, 0.99), ref_quantile(cube, 0.99))
+    same(robust_sigma(cube), ref_sigma(cube))
 
 
 def test_dtypes() -> None:
@@ -242,8 +202,7 @@ def test_quantile_out_of_range() -> None:
         nanquantile(np.ones((2, 3)), 1.5)
 
 
-@pytest.mark.parametrize("how", PATHS)
-def test_fit_cube_layout(how: str) -> None:
+def test_fit_cube_layout() -> None:
     """Cubes gathered by fancy indexing as the seasonal fit does (series axis fastest in memory): values come
     back in the cube's own order, and the cube is left alone."""
     rng = np.random.default_rng(11)
@@ -253,31 +212,27 @@ def test_fit_cube_layout(how: str) -> None:
     cube = x[:, idx]
     assert not cube.flags.c_contiguous and np.argmin(cube.strides) == 0
     before = cube.copy()
-    with path(how):
-        same(nanmedian(cube), ref_median(cube))
-        same(nanquantile(cube, 0.9), ref_quantile(cube, 0.9))
-        same(robust_sigma(cube), ref_sigma(cube))
-        assert nanmedian(cube).flags.c_contiguous
+    same(nanmedian(cube), ref_median(cube))
+    same(nanquantile(cube, 0.9), ref_quantile(cube, 0.9))
+    same(robust_sigma(cube), ref_sigma(cube))
+    assert nanmedian(cube).flags.c_contiguous
     np.testing.assert_array_equal(cube, before)
 
 
-@pytest.mark.parametrize("how", PATHS)
-def test_inputs_are_not_modified(how: str) -> None:
+def test_inputs_are_not_modified() -> None:
     rng = np.random.default_rng(5)
     base = rng.normal(size=(6, 40))
     base[rng.random(base.shape) < 0.3] = np.nan
     cube = base.reshape(3, 2, 40)
     for a in (base, base[:, 5:30], base[::2], base.T.copy().T, cube, cube.transpose(1, 0, 2), base[:, ::-3]):
         before = a.copy()
-        with path(how):
-            nanmedian(a)
-            nanquantile(a, 0.7)
-            robust_sigma(a)
+        nanmedian(a)
+        nanquantile(a, 0.7)
+        robust_sigma(a)
         np.testing.assert_array_equal(a, before)
 
 
-@pytest.mark.parametrize("how", PATHS)
-def test_robust_sigma_fallbacks(how: str) -> None:
+def test_robust_sigma_fallbacks() -> None:
     rows = np.array(
         [
             [5.0, 5.0, 5.0, 5.0, 9.0],  # MAD 0, 75th 0: the 90th (2.4 / 1.6449)
@@ -287,34 +242,10 @@ def test_robust_sigma_fallbacks(how: str) -> None:
             [0.0, 0.0, 0.0, 3.0, 6.0],  # MAD 0, 75th 3
         ]
     )
-    with path(how):
-        got = robust_sigma(rows)
+    got = robust_sigma(rows)
     assert got[0] == pytest.approx(2.4 / 1.6449)
     assert got[1] == 0.0
     assert got[2] == pytest.approx(MAD_TO_SIGMA)
     assert math.isnan(got[3])
     assert got[4] == pytest.approx(3.0 / 1.1503)
     same(got, ref_sigma(rows))
-
-
-def test_which_rows_are_partitioned() -> None:
-    """Long rows are partitioned unless they hold many NaNs or ties (sorting is faster there); short rows
-    (the fit's cubes) are sorted."""
-    assert 35 < 420 < robust.PARTITION_MIN <= 10_080
-    rng = np.random.default_rng(7)
-    a = rng.normal(size=(6, 10_080))
-    a[1, ::40] = np.nan  # 2.5 %: filled and partitioned
-    a[2, :5000] = np.nan  # half: sorted
-    a[3, -1] = np.inf
-    a[4, ::2] = 0.0  # half the values tie: sorted
-    a[5] = rng.integers(0, 5, 10_080)  # a small integer gauge: sorted
-    assert robust._worth_partitioning(a).tolist() == [True, True, False, True, False, False]
-    with mock.patch.object(robust, "_by_partition", wraps=robust._by_partition) as partition:
-        same(nanmedian(a), ref_median(a))
-        same(nanquantile(a, 0.99), ref_quantile(a, 0.99))
-        same(robust_sigma(a), ref_sigma(a))
-    assert partition.call_count == 4  # robust_sigma: the median and the MAD
-    assert [len(call.args[0]) for call in partition.call_args_list] == [3, 3, 3, 3]
-    with mock.patch.object(robust, "_by_partition", wraps=robust._by_partition) as partition:
-        nanmedian(rng.normal(size=(100, 24, 420)))
-    partition.assert_not_called()

@@ -10,16 +10,9 @@ value is taken as is rather than as (x + x) / 2, which overflowed beyond half th
 may differ in the last bit where the interpolation weight is >= 0.5 (numpy's lerp, now followed exactly).
 
 numpy's own functions are slow here: nanmedian/nanquantile loop in Python over rows (or use masked arrays)
-when the last axis is short or the array has more than two dimensions. These select the order statistics
-every row needs in a few C-level passes instead:
-
-* rows of at least PARTITION_MIN values: one np.partition with a single kth (numpy's SIMD quickselect;
-  several kth fall back to a scalar introselect several times slower). The NaNs of a row are replaced by
-  -inf and +inf in the proportion that puts the wanted value at the same position P in every row (a row
-  with k NaNs whose lower value has rank r among its valid values gets P - r of its NaNs as -inf, the rest
-  +inf), and the next value up, where interpolation needs it, is the minimum to the right of P. Rows with
-  many NaNs or ties, where that loses to sorting, are sorted instead (_worth_partitioning);
-* shorter rows: np.sort (NaN sorts last), as fast as the selection there, and a gather at per-row ranks.
+when the last axis is short or the array has more than two dimensions. These sort every row once (NaN
+sorts last), count each row's valid values (only rows that end in NaN need counting) and gather the
+order statistics at per-row ranks.
 
 Arrays laid out with their last axis not contiguous (the seasonal fit's cubes, gathered by fancy indexing,
 have the series axis fastest) are first copied into rows in memory order (_rows), which numpy's sort
@@ -34,11 +27,6 @@ from collections.abc import Callable
 import numpy as np
 
 MAD_TO_SIGMA = 1.4826  # MAD × this estimates the standard deviation of normal data
-# Last-axis length from which partitioning beats sorting (benchmarks/robust_stats.py --sweep): both are
-# SIMD in numpy 2 (x86-simd-sort), so with its NaN handling the selection only wins on long rows.
-PARTITION_MIN = 4096
-TIE_SAMPLE = 128  # columns sampled per row to spot NaNs and ties (see _worth_partitioning)
-_GOLDEN = (math.sqrt(5.0) - 1.0) / 2.0
 _FALLBACKS = ((0.75, 1.1503), (0.9, 1.6449), (0.99, 2.5758))  # robust_sigma's (quantile, its z for normal)
 
 
@@ -205,74 +193,12 @@ def _linear_ranks(count: np.ndarray, q: float) -> tuple[np.ndarray, np.ndarray, 
 
 def _select(x: np.ndarray, owned: bool, ranks: Ranks) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per row of x (n >= 1), the valid values of the two ranks `ranks` gives for the row's valid count
-    (0-based, ascending; the second equal to the first or one more), and that count. Garbage where the
-    count is 0. `owned`: x may be overwritten."""
-    rows, n = x.shape
-    low, high = np.empty(rows, x.dtype), np.empty(rows, x.dtype)
-    count = np.empty(rows, dtype=np.int64)
-    fast = _worth_partitioning(x) if n >= PARTITION_MIN and rows else np.zeros(rows, dtype=bool)
-    part = np.flatnonzero(fast)
-    if part.size:
-        sub = x if part.size == rows else x[part]
-        nan_at = np.flatnonzero(np.isnan(sub))  # few: rows with many NaNs are sorted
-        nan_row = nan_at // n
-        k = np.bincount(nan_row, minlength=part.size)
-        lo, hi = ranks(n - k)
-        p = int(ranks(np.array([n]))[0][0])  # the lower rank in a row without NaN: the one kth
-        minus = p - lo  # NaNs of the row to fill with -inf; in [0, k] as ranks grow with the count
-        if ((minus >= 0) & (minus <= k)).all():  # (float rounding of q·(count - 1) could break that)
-            owns = owned or part.size < rows
-            low[part], high[part] = _by_partition(sub, owns, (nan_at, nan_row, k), minus, hi > lo, p)
-            count[part] = n - k
-        else:
-            part = part[:0]
-    if part.size < rows:
-        rest = np.flatnonzero(~fast) if part.size else np.arange(rows)
-        s = (x if owned else x.copy()) if rest.size == rows else x[rest]
-        s.sort(axis=1)  # NaN last, so the valid values come first in every row
-        count[rest] = c = _sorted_counts(s)
-        lo, hi = ranks(c)
-        low[rest], high[rest] = _gather(s, lo), _gather(s, hi)
-    return low, high, count
-
-
-def _worth_partitioning(x: np.ndarray) -> np.ndarray:
-    """Rows where a partition should beat a sort, judged on a sample of TIE_SAMPLE columns: at most 1/32
-    NaN (each NaN to fill costs several values partitioned) and under 1/16 ties (numpy's SIMD quickselect
-    slows down several-fold when many values equal the one selected, as in a mostly-flat series or a MAD
-    of 0, while sorting gets faster with ties)."""
-    n = x.shape[1]
-    # golden-ratio (Weyl) spaced columns: spread over the row yet aligned with no period of the data
-    cols = np.unique((np.arange(min(n, TIE_SAMPLE)) * _GOLDEN % 1.0 * n).astype(np.intp))
-    sample = np.sort(np.take(x, cols, axis=1), axis=1)
-    size = len(cols)
-    nans = np.count_nonzero(np.isnan(sample), axis=1)
-    ties = np.count_nonzero(sample[:, 1:] == sample[:, :-1], axis=1)
-    return (32 * nans <= size) & (16 * ties < size)
-
-
-def _by_partition(
-    x: np.ndarray,
-    owned: bool,
-    nans: tuple[np.ndarray, np.ndarray, np.ndarray],
-    minus: np.ndarray,
-    step_up: np.ndarray,
-    p: int,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Values of sorted rank p and p + 1 (where step_up; else p again) of every row once `minus` of the
-    row's NaNs are -inf and the others +inf. `nans`: the NaNs' flat indices, their rows, the count per row."""
-    filled = x if owned else np.array(x, order="C")
-    nan_at, nan_row, k = nans
-    if nan_at.size:
-        rank = np.arange(nan_at.size) - (np.cumsum(k) - k)[nan_row]  # of each NaN within its row
-        filled.reshape(-1)[nan_at] = np.where(rank < minus[nan_row], -np.inf, np.inf)
-    filled.partition(p, axis=1)
-    low = filled[:, p].copy()
-    if p + 1 < x.shape[1] and step_up.any():
-        # the next value up is the smallest right of p: a real value wherever step_up (a +inf fill only
-        # in rows whose wanted ranks are both p)
-        return low, np.where(step_up, filled[:, p + 1 :].min(axis=1), low)
-    return low, low
+    (0-based, ascending), and that count. Garbage where the count is 0. `owned`: x may be overwritten."""
+    s = x if owned else x.copy()
+    s.sort(axis=1)  # NaN last, so the valid values come first in every row
+    count = _sorted_counts(s)
+    lo, hi = ranks(count)
+    return _gather(s, lo), _gather(s, hi), count
 
 
 def _sorted_counts(s: np.ndarray) -> np.ndarray:
