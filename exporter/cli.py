@@ -22,6 +22,7 @@ from exporter.alert_registry import Alerting
 from exporter.collector import AnomalyCollector
 from exporter.config import Config, ConfigError, PrometheusConfig, json_schema, load_config, parse_config
 from exporter.logs import setup_logging
+from exporter.modelstate import ModelStore
 from exporter.notify import Notifier
 from exporter.pipeline import Source
 from exporter.scheduler import Scheduler
@@ -59,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
             "--storage.path",
             dest="storage_path",
             default="",
-            help="directory for state that must survive restarts (alert state); none = kept in memory",
+            help="directory for state kept across restarts (alert state, fitted models); none = memory only",
         )
         p.add_argument(
             "--scheduler.workers",
@@ -204,7 +205,10 @@ def serve(
     GCCollector(registry=registry)
     # one worker per rule (each rule runs one job at a time), so a slow rule never queues the others
     workers = args.workers or max(4, len(config.rules) + 2)
-    scheduler = Scheduler(store, source_factory, workers=workers, alerting=alerting, shard=shard)
+    models = ModelStore(os.path.join(args.storage_path, "models")) if args.storage_path else None
+    scheduler = Scheduler(
+        store, source_factory, workers=workers, alerting=alerting, shard=shard, models=models
+    )
     scheduler.apply(config)
     reload_lock = threading.Lock()
     receivers = config.receivers

@@ -328,6 +328,16 @@ class SeriesFrame:
         return Admitter(self, owns)
 
     # -- writing ---------------------------------------------------------------------------------
+    def reserve(self, first: int, last: int) -> None:
+        """Make an empty frame span [first, last] (on its step grid) before any data arrives, so slices of
+        a history load can be merged in any order (the newest first, say)."""
+        if not self.empty:
+            return
+        if (last - first) % self.step or last < first:
+            raise ValueError("reserve: the range is not on the frame's step grid")
+        self._t0, self._lo, self._hi = first, 0, 0
+        self._extend_to(last)
+
     def merge(self, result: RangeResult) -> int:
         """Write a query result into the frame; newer data overwrites older. Returns the number of new series.
 

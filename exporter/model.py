@@ -23,6 +23,7 @@ class RuleModel:
     def __init__(self, rule: RuleConfig) -> None:
         self.rule = rule
         self.detector: Detector | None = None
+        self.fitted_at = float("nan")  # timestamp of the newest column of the window it was fitted on
 
     @property
     def fitted(self) -> bool:
@@ -32,6 +33,7 @@ class RuleModel:
         """Return a new fitted RuleModel (self is left as it was, so scoring can go on meanwhile)."""
         training = window.hiding_flagged(MAX_EXCLUDED_SHARE) if self.rule.model.exclude_anomalies else window
         fitted = RuleModel(self.rule)
+        fitted.fitted_at = float(window.timestamps[-1]) if len(window.timestamps) else float("nan")
         detector = build_detector(self.rule.model)
         previous = self.detector
         if isinstance(detector, IsolationForestDetector) and isinstance(previous, IsolationForestDetector):

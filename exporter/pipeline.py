@@ -19,6 +19,7 @@ from exporter.alerting import Latest, RuleAlerts
 from exporter.config import RuleConfig
 from exporter.frame import SeriesFrame
 from exporter.model import RuleModel
+from exporter.modelstate import ModelStore
 from exporter.reader import RangeResult, SeriesKey
 from exporter.sharding import Shard, stable_hash
 from exporter.store import LabelPairs, RuleSnapshot, Store
@@ -76,6 +77,7 @@ class RuleRunner:
         clock: Callable[[], float] = time.time,
         alerts: RuleAlerts | None = None,
         shard: Shard | None = None,
+        models: ModelStore | None = None,
     ):
         self.rule = rule
         self.shard = shard or Shard()
@@ -96,6 +98,12 @@ class RuleRunner:
         self._last_dropped = 0
         self._warm_waiting = False  # set by _score: unscored series now have enough history to fit
         self._early_refit = min(rule.retrain, max(300.0, 5 * rule.interval))
+        self._models = models  # saved after every fit; a saved model lets a restart score at once
+        self._restore_tried = False
+        # After a restore only the recent data is loaded first (enough to score); older history is
+        # backfilled afterwards, newest first, up to this timestamp (None: nothing left to backfill).
+        self._backfill_end: int | None = None
+        self._recent_span = int(max(2 * rule.model.level_window, rule.model.level_window + 60 * rule.step))
         self._out = store.add_rule(rule.name, owner=self)
 
     # -- jobs (called by the scheduler) --------------------------------------------------------------
@@ -104,7 +112,16 @@ class RuleRunner:
         if not self._fit_lock.acquire(blocking=False):
             return  # a fit is already running (the first one can take a while)
         try:
+            if self._model is None and self._models is not None and not self._restore_tried:
+                self._restore()
             self._fetch()
+            if self._backfill_end is not None:  # scores from the recent data now, then the rest
+                self._score()
+                self._out.update(ready=True)
+                self._backfill()
+                model = self._model
+                if model is not None and self._clock() - model.fitted_at < self.rule.retrain:
+                    return  # the restored model is recent enough: the next scheduled fit refits
             with self._stage("fit"):
                 with self._frame_lock:
                     self._frame.drop_absent()
@@ -112,6 +129,7 @@ class RuleRunner:
                     window = self._frame.window(lock=self._frame_lock)
                 self._model = (self._model or RuleModel(self.rule)).fit(window)
             self._out.update(ready=True, last_fit=self._clock())
+            self._save(self._model)
             self._score()
         except Exception:  # already logged and counted by _stage
             self._out.update(ready=True)  # ready = "finished its first fit or reported an error"
@@ -165,7 +183,9 @@ class RuleRunner:
             history_start = end - int(self.rule.history) + self._step
             last = self._frame.last_timestamp
             if last is None or last < history_start:
-                dropped = self._load_history(history_start, end)
+                # with a model (restored, or after an outage longer than the history) score first
+                recent = max(history_start, end - self._recent_span) if self._model is not None else None
+                dropped = self._load_history(history_start, end, recent)
             else:
                 start = max(history_start, last - self._overlap)
                 with self._frame_lock:
@@ -186,16 +206,76 @@ class RuleRunner:
             self._last_dropped = dropped
             self._out.update(series=n_series, dropped=dropped)
 
-    def _load_history(self, start: int, end: int) -> int:
+    def _load_history(self, start: int, end: int, recent: int | None = None) -> int:
         """Full history, for at most max_series of the shard's series, chosen by a stable hash (the same
-        set on every restart). Returns how many owned series were left out by the cap."""
+        set on every restart) — or, with `recent`, only [recent, end], leaving the rest to _backfill().
+        Returns how many owned series were left out by the cap."""
         probe = self._source.query_range(
             self.rule.query, max(start, end - self._overlap), end, self._step, keep=self._owns
         )
         ranked = sorted(probe.keys, key=stable_hash)
         kept = set(ranked[: self.rule.max_series])
-        self._query_into_frame(start, end, kept.__contains__, max(1, len(kept)))
+        with self._frame_lock:
+            self._frame.reserve(start, end)
+        if recent is not None and recent > start:
+            self._query_into_frame(recent, end, kept.__contains__, max(1, len(kept)))
+            self._backfill_end = recent - self._step
+        else:
+            self._query_into_frame(start, end, kept.__contains__, max(1, len(kept)))
         return len(probe.keys) - len(kept)
+
+    def _backfill(self) -> None:
+        """Load the history older than what a restart loaded first, newest slice first, for the series
+        already kept; scoring goes on between slices. A failure leaves the rest for the next fit job."""
+        with self._frame_lock:
+            start = self._frame.first_timestamp
+            keys = set(self._frame.keys)
+        end = self._backfill_end
+        if start is None or end is None or end < start:
+            self._backfill_end = None
+            return
+        hint = max(1, len(keys))
+        cols = max(1, SLICE_POINTS // hint)
+        while end >= start:
+            lo = max(start, end - (cols - 1) * self._step)
+            with self._fetch_lock, self._stage("backfill"):
+                result = self._source.query_range(
+                    self.rule.query, lo, end, self._step, keep=keys.__contains__, series_hint=hint
+                )
+                with self._frame_lock:
+                    self._frame.merge(result)
+            end = lo - self._step
+            self._backfill_end = end if end >= start else None
+
+    def _restore(self) -> None:
+        """Take the model saved by a previous run, if it still applies (see exporter.modelstate)."""
+        self._restore_tried = True
+        assert self._models is not None
+        try:
+            with self._stage("restore"):
+                model = self._models.load(self.rule)
+        except Exception:  # logged and counted by _stage; the rule fits from scratch
+            return
+        if model is not None:
+            self._model = model
+            self._out.update(last_fit=model.fitted_at)
+            log.info(
+                "rule %s: restored the model saved at %s for %d series; scoring as soon as the last %s of "
+                "data are in, the rest of the history loads afterwards",
+                self.rule.name,
+                time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(model.fitted_at)),
+                len(model.detector.keys_) if model.detector is not None else 0,
+                f"{self._recent_span // 60} min",
+            )
+
+    def _save(self, model: RuleModel) -> None:
+        if self._models is None:
+            return
+        try:
+            with self._stage("save"):
+                self._models.save(self.rule, model)
+        except Exception:  # logged and counted by _stage; the next fit tries again
+            pass
 
     def _query_into_frame(self, start: int, end: int, keep: Callable[[SeriesKey], bool], hint: int) -> None:
         """Query [start, end] in time slices of about SLICE_POINTS points, merging each into the frame as

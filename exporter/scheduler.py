@@ -18,6 +18,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 
 from exporter.alert_registry import Alerting
 from exporter.config import Config, PrometheusConfig
+from exporter.modelstate import ModelStore
 from exporter.pipeline import RuleRunner, Source
 from exporter.sharding import Shard
 from exporter.store import Store
@@ -37,8 +38,10 @@ class Scheduler:
         clock: Callable[[], float] = time.time,
         alerting: Alerting | None = None,
         shard: Shard | None = None,
+        models: ModelStore | None = None,
     ) -> None:
         self._store = store
+        self._models = models  # fitted models kept across restarts (None: refit from scratch on start)
         self._shard = shard or Shard()  # every rule keeps only this replica's series
         self._alerting = alerting
         self._source_factory = source_factory
@@ -86,6 +89,8 @@ class Scheduler:
             for name, runner in list(self._runners.items()):
                 if new_source or wanted.get(name) != runner.rule:
                     self._remove(name)
+                    if name not in wanted and self._models is not None:
+                        self._models.remove(runner.rule)  # a removed rule's saved model is of no use
             for name, rule in wanted.items():
                 if name not in self._runners:
                     assert self._source is not None
@@ -96,6 +101,7 @@ class Scheduler:
                         clock=self._clock,
                         alerts=alerts.get(name),
                         shard=self._shard,
+                        models=self._models,
                     )
                     self._add(runner)
         if new_source and old_source is not None:

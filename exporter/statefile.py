@@ -25,14 +25,18 @@ MAX_BYTES = 64 << 20  # a state file larger than this is not read (it cannot be 
 
 def write_state(path: str | os.PathLike[str], kind: str, version: int, data: dict[str, Any]) -> None:
     """Atomically replace `path` with {format, kind, version, saved_at, data}."""
+    body = {"format": FORMAT, "kind": kind, "version": version, "saved_at": time.time(), "data": data}
+    write_atomic(path, json.dumps(body, separators=(",", ":"), allow_nan=False).encode())
+
+
+def write_atomic(path: str | os.PathLike[str], content: bytes) -> None:
+    """Replace `path` with `content` so that a crash leaves either the old or the new file, never a mix."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    body = {"format": FORMAT, "kind": kind, "version": version, "saved_at": time.time(), "data": data}
-    text = json.dumps(body, separators=(",", ":"), allow_nan=False)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(content)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, target)

@@ -51,6 +51,20 @@ class Detector(ABC):
     def predict(self, window: Window, columns: np.ndarray) -> Prediction:
         """Expected value and scale for `window.values[:, columns]`, using only data before each column."""
 
+    def fitted_state(self) -> tuple[dict[str, int], dict[str, np.ndarray]]:
+        """Fitted state as plain numbers and numeric arrays (no objects), for saving; keys_ excluded.
+
+        Raises NotImplementedError for detectors whose fitted state cannot be saved that way.
+        """
+        raise NotImplementedError(f"{type(self).__name__} cannot be saved")
+
+    def restore_state(
+        self, keys: Sequence[SeriesKey], scalars: dict[str, int], arrays: dict[str, np.ndarray]
+    ) -> Self:
+        """The inverse of fitted_state() on a fresh detector with the same parameters. Raises ValueError
+        when the state does not fit (missing or extra names, wrong shapes or types)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot be restored")
+
     def _fitted_rows(self, keys: Sequence[SeriesKey]) -> np.ndarray:
         """Row of each key in the fitted state, -1 for series the model has not seen."""
         if not hasattr(self, "keys_"):

@@ -9,7 +9,8 @@ scored at once without a refit of its own. Scores keep scikit-learn's sign conve
 
 from __future__ import annotations
 
-from typing import Self
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Self
 
 import numpy as np
 from sklearn.ensemble import IsolationForest
@@ -17,6 +18,9 @@ from sklearn.ensemble import IsolationForest
 from exporter.detectors.base import Detector, Prediction
 from exporter.detectors.seasonal import SeasonalBaseline
 from exporter.frame import Window
+
+if TYPE_CHECKING:
+    from exporter.reader import SeriesKey
 
 DAY = 86400
 _FIT_CELLS = 2_000_000  # series × columns whose features a pooled forest is fitted on (bounds memory)
@@ -155,6 +159,24 @@ class IsolationForestDetector(Detector):
             )
             self.forests_ = [forest]
             self.center_[:], self.threshold_[:] = center, thr
+        return self
+
+    def fitted_state(self) -> tuple[dict[str, int], dict[str, np.ndarray]]:
+        """The baseline's state only: a forest cannot be saved without pickle. A restored detector judges by
+        the band until its next fit grows new forests."""
+        return self.baseline_.fitted_state()
+
+    def restore_state(
+        self, keys: Sequence[SeriesKey], scalars: dict[str, int], arrays: dict[str, np.ndarray]
+    ) -> Self:
+        base = self.baseline if self.baseline is not None else SeasonalBaseline()
+        self.baseline_ = base.restore_state(keys, scalars, arrays)
+        self.keys_ = self.baseline_.keys_
+        n = len(keys)
+        self.forests_ = [None] * (n if self.per_series else 1)
+        self.forest_time_ = -(1 << 62)  # long ago: the next fit grows forests
+        self.center_ = np.full(n, np.nan)
+        self.threshold_ = np.full(n, np.nan)
         return self
 
     def _fit_rows(

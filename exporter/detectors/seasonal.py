@@ -15,14 +15,18 @@ expected value takes that step at the next such midnight. Weekly patterns are as
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from statistics import NormalDist
-from typing import Self
+from typing import TYPE_CHECKING, Self
 
 import numpy as np
 
 from exporter.detectors.base import Detector, Prediction
 from exporter.detectors.robust import MAD_TO_SIGMA, nanmedian, nanquantile, robust_sigma
 from exporter.frame import Window
+
+if TYPE_CHECKING:
+    from exporter.reader import SeriesKey
 
 DAY = 86400
 WEEK = 7 * DAY
@@ -32,6 +36,16 @@ SCALE_SLOT = 3600  # the noise level is learned per hour of the day (or week): b
 TAIL_Q, TAIL_Z = 0.99, 2.576  # the 99th percentile of |residual| is 2.576 σ for normal noise
 JUMP_SPAN = 7200  # seconds of data either side of a UTC midnight compared to learn a weekday's jump
 JUMP_Z, JUMP_Q = 6.0, 0.95  # it counts beyond 6 robust σ and the 95th percentile of the other span changes
+
+_STATE_SCALARS = ("step_", "bucket_", "level_cols_", "slot_period_", "scale_period_", "ref_day_")
+_STATE_ARRAYS: dict[str, tuple[str, str | int | None]] = {  # fitted array: (dtype kind, columns; None = 1-D)
+    "profile_": ("f", "slots"),
+    "scale_": ("f", "hours"),
+    "sigma_": ("f", None),
+    "level_": ("f", None),
+    "period_": ("i", None),
+    "jumps_": ("f", 7),
+}
 
 
 class SeasonalBaseline(Detector):
@@ -97,6 +111,41 @@ class SeasonalBaseline(Detector):
         self.sigma_[~warm] = np.nan  # not enough history yet: unknown, never "normal"
         self.scale_[~warm] = np.nan
         self.keys_ = {key: i for i, key in enumerate(window.keys)}
+        return self
+
+    # -- saving ----------------------------------------------------------------------------------
+    def fitted_state(self) -> tuple[dict[str, int], dict[str, np.ndarray]]:
+        if not hasattr(self, "keys_"):
+            raise RuntimeError("SeasonalBaseline is not fitted yet")
+        return {k: int(getattr(self, k)) for k in _STATE_SCALARS}, {
+            k: getattr(self, k) for k in _STATE_ARRAYS
+        }
+
+    def restore_state(
+        self, keys: Sequence[SeriesKey], scalars: dict[str, int], arrays: dict[str, np.ndarray]
+    ) -> Self:
+        if set(scalars) != set(_STATE_SCALARS) or set(arrays) != set(_STATE_ARRAYS):
+            raise ValueError(f"expected scalars {_STATE_SCALARS} and arrays {sorted(_STATE_ARRAYS)}")
+        values = {k: int(v) for k, v in scalars.items()}
+        if values["bucket_"] < 1 or values["slot_period_"] % values["bucket_"] or values["step_"] < 1:
+            raise ValueError(f"inconsistent step/bucket/period: {values}")
+        width = {
+            "slots": values["slot_period_"] // values["bucket_"],
+            "hours": max(1, values["scale_period_"] // SCALE_SLOT),
+            7: 7,
+            None: None,
+        }
+        n = len(keys)
+        for name, (kind, cols) in _STATE_ARRAYS.items():
+            a = arrays[name]
+            want = (n,) if width[cols] is None else (n, width[cols])
+            if a.dtype.kind != kind or a.shape != want:
+                raise ValueError(f"{name}: {a.dtype} {a.shape}, expected kind {kind!r} {want}")
+        for k, v in values.items():
+            setattr(self, k, v)
+        for k in _STATE_ARRAYS:
+            setattr(self, k, np.array(arrays[k], dtype=np.int64 if k == "period_" else np.float64))
+        self.keys_ = {key: i for i, key in enumerate(keys)}
         return self
 
     def _candidates(self, span: int) -> list[int]:
