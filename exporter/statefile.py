@@ -9,6 +9,7 @@ ignored (the caller starts afresh) — never a crash.
 
 from __future__ import annotations
 
+import glob
 import json
 import logging
 import os
@@ -33,6 +34,8 @@ def write_atomic(path: str | os.PathLike[str], content: bytes) -> None:
     """Replace `path` with `content` so that a crash leaves either the old or the new file, never a mix."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
+    for stale in target.parent.glob(f".{glob.escape(target.name)}.*.tmp"):  # left by a crash mid-write
+        stale.unlink(missing_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
