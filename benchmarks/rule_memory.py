@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import gc
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -24,9 +25,11 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
 from exporter.config import RuleConfig
+from exporter.frame import SeriesFrame
+from exporter.modelstate import ModelStore
 from exporter.pipeline import RuleRunner
 from exporter.reader import RangeResult, SeriesKey
-from exporter.store import Store
+from exporter.store import RuleSnapshot, Store
 
 DAY = 86400
 
@@ -118,6 +121,32 @@ def main() -> int:
     stage(f"{args.cycles} scoring cycles", cycles)
     stage("second refit (fit_job)", fit)
     snap = store.snapshots()[rule.name]
+    with tempfile.TemporaryDirectory() as tmp:
+        models = ModelStore(tmp)
+        saved: dict[str, Path] = {}
+        model = runner._model
+        assert model is not None
+
+        def save() -> None:
+            saved["path"] = models.save(rule, model)
+
+        stage("save the model", save)
+        size = saved["path"].stat().st_size
+        print(f"  saved model: {size / 2**20:.1f} MB, {size / n / 1024:.2f} KiB per series", flush=True)
+        runner._frame = SeriesFrame(60, 2, 1)  # let the old runner's history go: one rule's peak, not two
+        restarted = RuleRunner(rule, source, Store(), clock=lambda: now[0], models=models)
+        first_score: list[float] = []
+        publish = restarted._out.publish
+
+        def timed_publish(snapshot: RuleSnapshot) -> None:
+            if not first_score:
+                first_score.append(time.perf_counter())
+            publish(snapshot)
+
+        restarted._out.publish = timed_publish  # type: ignore[method-assign]
+        began = time.perf_counter()
+        stage("restart: restore, recent data, score, backfill", restarted.fit_job)
+        print(f"  restart: first scores published after {first_score[0] - began:.2f} s", flush=True)
     print(f"exported {len(snap.labels)} series; score >= 1: {int((snap.score >= 1).sum())}")
     print()
     print("| stage | s | peak RSS MB | RSS after MB |")
