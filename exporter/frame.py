@@ -331,10 +331,9 @@ class SeriesFrame:
     def reserve(self, first: int, last: int) -> None:
         """Make an empty frame span [first, last] (on its step grid) before any data arrives, so slices of
         a history load can be merged in any order (the newest first, say)."""
-        if not self.empty:
+        if not self.empty or last < first:
             return
-        if (last - first) % self.step or last < first:
-            raise ValueError("reserve: the range is not on the frame's step grid")
+        first = last - (last - first) // self.step * self.step  # on last's grid, not before `first`
         self._t0, self._lo, self._hi = first, 0, 0
         self._extend_to(last)
 

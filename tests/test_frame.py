@@ -273,3 +273,18 @@ def test_flags_of_many_series_survive_compaction_row_growth_and_drops():
             want = [ref[k].get(int(ts), False) for ts in w.timestamps]
             assert got[i].tolist() == want, (cycle, k)
     assert keys[5] not in f
+
+
+def test_reserve_lets_slices_arrive_newest_first():
+    f = SeriesFrame(step=60, capacity=100, max_series=4)
+    f.reserve(6010, 6000 + 60 * 20)  # a start off the grid is moved onto last's grid
+    assert f.first_timestamp == 6060 and f.last_timestamp == 7200
+    f.merge(result([key(0)], 6000 + 60 * 15, 6))  # newest slice first
+    f.merge(result([key(0), key(1)], 6060, 14))  # then the older one, with a series new to the frame
+    w = f.window()
+    assert w.timestamps.tolist() == list(range(6060, 7201, 60))
+    expected0 = [1000 * 0 + t / 60 for t in w.timestamps]
+    np.testing.assert_allclose(w.values[0], expected0, atol=1e-4)
+    assert np.isnan(w.values[1, 14:]).all() and not np.isnan(w.values[1, :14]).any()
+    f.reserve(0, 60)  # a frame with data is left alone
+    assert f.first_timestamp == 6060
