@@ -216,12 +216,13 @@ def test_unknown_user_costs_one_bcrypt_like_a_wrong_password(tmp_path, checkpw_c
     assert wrong_hash == strong.encode() and decoy_hash != strong.encode()
     assert decoy_hash[:7] == b"$2b$06$", "the decoy has the highest configured cost"
     # and the costs are what the clock sees: the decoy takes about as long as a real hash of that cost
-    timings = {}
+    # (the fastest of 7 tries each, which a busy machine can only slow down, not speed up)
+    timings: dict[str, float] = {}
     for user in ("carol", "nobody"):
-        start = time.perf_counter()
-        for _ in range(5):
+        for _ in range(7):
+            start = time.perf_counter()
             guard.authenticate(config, basic(user, "wrong"))
-        timings[user] = time.perf_counter() - start
+            timings[user] = min(timings.get(user, 1e9), time.perf_counter() - start)
     assert 0.5 < timings["nobody"] / timings["carol"] < 2.0, timings
 
 
