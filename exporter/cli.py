@@ -29,6 +29,8 @@ from exporter.scheduler import Scheduler
 from exporter.server import WebApp, WebServer, parse_listen_address
 from exporter.sharding import Shard, ShardError, parse_shard
 from exporter.store import Store
+from exporter.webconfig import WebConfigError, load_web_config
+from exporter.webguard import WebGuard
 
 log = logging.getLogger("exporter")
 DEFAULT_LISTEN = ":9866"
@@ -52,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(
             "--web.enable-lifecycle", dest="lifecycle", action="store_true", help="enable POST /-/reload"
         )
+        web_config_flag(p)
         p.add_argument(
             "--log.level", dest="log_level", default="info", choices=["debug", "info", "warn", "error"]
         )
@@ -84,6 +87,15 @@ def build_parser() -> argparse.ArgumentParser:
             "(a StatefulSet pod <name>-<ordinal>)",
         )
 
+    def web_config_flag(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--web.config.file",
+            dest="web_config_file",
+            default="",
+            help="exporter-toolkit web config file: TLS, basic auth and headers of the web endpoint "
+            "(re-read on every request and TLS connection)",
+        )
+
     run = sub.add_parser("run", help="run the exporter (the default command)")
     run.add_argument(
         "--config.file", dest="config_file", default="rules.yaml", help="rules file (default rules.yaml)"
@@ -96,6 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     test_receiver.add_argument("--config.file", dest="config_file", default="rules.yaml")
     check = sub.add_parser("check", help="validate a rules file and exit non-zero on errors")
     check.add_argument("file", nargs="?", default="rules.yaml")
+    web_config_flag(check)
     sub.add_parser("schema", help="print the JSON Schema of the rules file")
     demo = sub.add_parser("demo", help="run on a built-in synthetic source (no Prometheus needed)")
     serving_flags(demo)
@@ -109,7 +122,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args_list.insert(0, "run")  # `anomaly-exporter --config.file x` means `run`
     args = build_parser().parse_args(args_list)
     if args.command == "check":
-        return _check(args.file)
+        return _check(args.file, args.web_config_file)
     if args.command == "test-receiver":
         return _test_receiver(args.config_file, args.receiver)
     if args.command == "backtest":
@@ -140,14 +153,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     return serve(config, args, PrometheusReader, reload=lambda: load_config(args.config_file), shard=shard)
 
 
-def _check(path: str) -> int:
+def _check(path: str, web_config_file: str = "") -> int:
+    status = 0
     try:
         config = load_config(path)
+        print(f"{path}: OK, {len(config.rules)} rule(s): {', '.join(r.name for r in config.rules)}")
     except ConfigError as exc:
         print(exc, file=sys.stderr)
-        return 1
-    print(f"{path}: OK, {len(config.rules)} rule(s): {', '.join(r.name for r in config.rules)}")
-    return 0
+        status = 1
+    if web_config_file:
+        try:
+            web = load_web_config(web_config_file)
+        except WebConfigError as exc:
+            print(exc, file=sys.stderr)
+            return 1
+        tls = f"TLS ({web.tls.client_auth_type})" if web.tls else "no TLS"
+        print(f"{web_config_file}: OK, {tls}, {len(web.users)} basic auth user(s)")
+    return status
+
+
+def _web_guard(path: str) -> WebGuard | None:
+    """The web config of --web.config.file, checked as at startup; WebConfigError if it is unusable."""
+    if not path:
+        return None
+    config = load_web_config(path)
+    log.info("web config %s: TLS is %s", path, "enabled" if config.tls else "disabled")
+    if config.users and not config.tls:
+        log.warning("basic auth without TLS: passwords cross the network in clear text")
+    return WebGuard(path, config)
 
 
 def _test_receiver(path: str, name: str) -> int:
@@ -188,6 +221,12 @@ def serve(
     except ValueError as exc:
         print(exc, file=sys.stderr)
         return 2
+    try:
+        guard = _web_guard(args.web_config_file)
+    except WebConfigError as exc:
+        log.error("invalid web config file: %s", exc)
+        print(exc, file=sys.stderr)
+        return 1
     store = Store()
     state_file = os.path.join(args.storage_path, "alerts.json") if args.storage_path else None
     if state_file is None and config.receivers:
@@ -236,7 +275,7 @@ def serve(
 
     app = WebApp(store, registry, reload=do_reload, enable_lifecycle=args.lifecycle, shard=shard)
     try:
-        server = WebServer(app, host, port)
+        server = WebServer(app, host, port, guard=guard)
     except OSError as exc:
         print(f"cannot listen on {args.listen}: {exc}", file=sys.stderr)
         return 1

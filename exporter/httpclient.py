@@ -7,6 +7,8 @@ into the keyword arguments `requests` takes, once, the same way for both.
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import logging
 from dataclasses import dataclass, field
 
@@ -48,6 +50,11 @@ def client_options(
     if basic_auth is not None:
         opts.auth = (basic_auth.username, basic_auth.password.reveal())
         opts.secrets.append(opts.auth[1])
+        # The header itself too, as a server echoing it back would quote it (requests encodes latin-1).
+        for encoding in ("latin-1", "utf-8"):
+            with contextlib.suppress(UnicodeEncodeError):
+                pair = f"{opts.auth[0]}:{opts.auth[1]}".encode(encoding)
+                opts.secrets.append(base64.b64encode(pair).decode())
     opts.verify = False if tls.insecure_skip_verify else (tls.ca_file or True)
     opts.cert = (tls.cert_file, tls.key_file) if tls.cert_file and tls.key_file else tls.cert_file
     if tls.insecure_skip_verify:

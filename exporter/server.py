@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import html
+import http.client
+import logging
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterable
 from socketserver import ThreadingMixIn
 from typing import Any
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+from wsgiref.simple_server import ServerHandler, WSGIRequestHandler, WSGIServer
 
 from prometheus_client import CollectorRegistry
 
@@ -17,21 +21,143 @@ from exporter import __version__
 from exporter.metrics_endpoint import MetricsEndpoint
 from exporter.sharding import Shard
 from exporter.store import Store
+from exporter.webconfig import WebConfigError
+from exporter.webguard import WebGuard
+
+log = logging.getLogger(__name__)
 
 StartResponse = Callable[..., Any]
+WSGIApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
+
+# Request limits. Nothing we serve needs more than a short path, a `name[]=` filter or two and an empty body.
+MAX_REQUEST_LINE = 16 * 1024  # method, path, query and version: 414 beyond (the server's own check)
+MAX_QUERY = 8 * 1024  # the query string alone: 414 beyond
+MAX_HEADER_BYTES = 64 * 1024  # every header line together: 431 beyond (and at most 100 lines, http.client)
+MAX_BODY = 64 * 1024  # Content-Length: 413 beyond; bodies are read and ignored
+READ_TIMEOUT = 10.0  # seconds a connection may stay silent in the TLS handshake or the request head
+WRITE_TIMEOUT = 60.0  # seconds to hand a response (several MB of /metrics) to a slow reader
+STOP_GRACE = 5.0  # seconds stop() waits for connection threads after closing their sockets
 
 
 class _ThreadingWSGIServer(ThreadingMixIn, WSGIServer):
+    """One thread per connection (a stalled client holds only its own); TLS handshakes happen there too,
+    never in the accept loop. Connections are tracked so stop() can close them and wait for their threads."""
+
     daemon_threads = True
+    block_on_close = False  # stop() joins, with a bound
+    guard: WebGuard | None = None
+    read_timeout = READ_TIMEOUT
+
+    def server_activate(self) -> None:
+        self.connections: dict[threading.Thread, socket.socket] = {}
+        self.connections_lock = threading.Lock()
+        super().server_activate()
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        me = threading.current_thread()
+        with self.connections_lock:
+            self.connections[me] = request
+        try:
+            request.settimeout(self.read_timeout)
+            if self.guard is not None and self.guard.tls:
+                try:
+                    context = self.guard.ssl_context()
+                    request = context.wrap_socket(request, server_side=True, do_handshake_on_connect=False)
+                    with self.connections_lock:
+                        self.connections[me] = request  # so that stop() can interrupt the handshake
+                    request.do_handshake()
+                except (OSError, WebConfigError) as exc:  # ssl.SSLError is an OSError
+                    log.debug("TLS handshake with %s failed: %s", client_address[0], exc)
+                    self.shutdown_request(request)
+                    return
+            super().process_request_thread(request, client_address)
+        finally:
+            with self.connections_lock:
+                self.connections.pop(me, None)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that vanished or stalled is routine: debug log, not a traceback on stderr."""
+        log.debug("connection from %s failed", client_address[0], exc_info=True)
 
 
 class _ThreadingWSGIServerV6(_ThreadingWSGIServer):
     address_family = socket.AF_INET6
 
 
-class _QuietHandler(WSGIRequestHandler):
+class _Handler(WSGIRequestHandler):
+    """wsgiref's handler with bounded request lines and headers, and timeouts on the connection."""
+
     def log_message(self, format: str, *args: Any) -> None:  # access logs would drown the exporter's own logs
         pass
+
+    def get_environ(self) -> dict[str, Any]:
+        env = super().get_environ()
+        if isinstance(self.connection, ssl.SSLSocket):
+            env["HTTPS"] = "on"  # wsgi.url_scheme https
+        return env
+
+    def handle(self) -> None:
+        try:
+            self._handle()
+        except (TimeoutError, ConnectionError) as exc:
+            log.debug("connection from %s: %s", self.client_address[0], exc)
+
+    def _handle(self) -> None:
+        self.raw_requestline = self.rfile.readline(MAX_REQUEST_LINE + 1)
+        if not self.raw_requestline:
+            return
+        if len(self.raw_requestline) > MAX_REQUEST_LINE:
+            self.requestline = self.request_version = self.command = ""
+            self.send_error(414, f"Request line longer than {MAX_REQUEST_LINE} bytes")
+            return
+        rfile, self.rfile = self.rfile, _HeadLimit(self.rfile, MAX_HEADER_BYTES)  # type: ignore[assignment]
+        try:
+            parsed = self.parse_request()  # sends 431 when _HeadLimit raises
+        finally:
+            self.rfile = rfile
+        if not parsed:
+            return
+        self.connection.settimeout(WRITE_TIMEOUT)
+        stdin, stdout = self.rfile, self.wfile
+        handler = ServerHandler(stdin, stdout, self.get_stderr(), self.get_environ(), multithread=False)  # type: ignore[arg-type]
+        handler.request_handler = self  # type: ignore[attr-defined]  # wsgiref's back pointer for logging
+        handler.run(self.server.get_app())  # type: ignore[attr-defined]
+
+
+class _HeadLimit:
+    """Reads header lines from `rfile` until `limit` bytes in all, then raises what http.client raises for
+    one over-long line, which parse_request answers with 431."""
+
+    def __init__(self, rfile: Any, limit: int) -> None:
+        self._rfile, self._left = rfile, limit
+
+    def readline(self, size: int = -1) -> bytes:
+        line: bytes = self._rfile.readline(self._left + 1 if size < 0 else min(size, self._left + 1))
+        self._left -= len(line)
+        if self._left < 0:
+            raise http.client.LineTooLong(f"headers longer than {MAX_HEADER_BYTES} bytes")
+        return line
+
+
+def bounded(app: WSGIApp) -> WSGIApp:
+    """`app` behind the query and body limits: 414, 411 (chunked bodies), 400, 413; a body within the
+    limit is read (and dropped) here, so the client never meets a reset from unread data."""
+
+    def check(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        if len(environ.get("QUERY_STRING", "")) > MAX_QUERY:
+            return _text(start_response, "414 URI Too Long", f"Query string longer than {MAX_QUERY} bytes.\n")
+        if environ.get("HTTP_TRANSFER_ENCODING"):
+            return _text(start_response, "411 Length Required", "Chunked request bodies are not accepted.\n")
+        length = environ.get("CONTENT_LENGTH") or "0"
+        if not length.isdigit():
+            return _text(start_response, "400 Bad Request", "Invalid Content-Length.\n")
+        if int(length) > MAX_BODY:
+            return _text(start_response, "413 Content Too Large", f"Body longer than {MAX_BODY} bytes.\n")
+        if int(length):
+            environ["wsgi.input"].read(int(length))
+        return app(environ, start_response)
+
+    return check
 
 
 class WebApp:
@@ -141,11 +267,25 @@ def _text(start_response: StartResponse, status: str, text: str) -> Iterable[byt
 
 
 class WebServer:
-    """Serves a WebApp on a background thread. Port 0 picks a free port (see `.port`)."""
+    """Serves a WebApp on a background thread. Port 0 picks a free port (see `.port`).
 
-    def __init__(self, app: WebApp, host: str, port: int) -> None:
+    With a `guard` (--web.config.file), TLS, basic auth and headers as its file says; every request is bounded
+    (see the MAX_* limits) whether or not there is one.
+    """
+
+    def __init__(
+        self,
+        app: WSGIApp,
+        host: str,
+        port: int,
+        guard: WebGuard | None = None,
+        read_timeout: float = READ_TIMEOUT,
+    ) -> None:
         server_class = _ThreadingWSGIServerV6 if ":" in host else _ThreadingWSGIServer
-        self._httpd = make_server(host, port, app, server_class=server_class, handler_class=_QuietHandler)
+        self._httpd = server_class((host, port), _Handler)
+        self._httpd.guard = guard
+        self._httpd.read_timeout = read_timeout
+        self._httpd.set_app(bounded(guard.wrap(app) if guard is not None else app))
         self._thread = threading.Thread(target=self._httpd.serve_forever, name="web", daemon=True)
 
     @property
@@ -156,8 +296,17 @@ class WebServer:
         self._thread.start()
 
     def stop(self) -> None:
+        """Stop accepting, close open connections, and wait (STOP_GRACE at most) for their threads."""
         self._httpd.shutdown()
         self._httpd.server_close()
+        with self._httpd.connections_lock:
+            open_now = dict(self._httpd.connections)
+        for conn in open_now.values():
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+        deadline = time.monotonic() + STOP_GRACE
+        for thread in open_now:
+            thread.join(max(0.0, deadline - time.monotonic()))
 
 
 def parse_listen_address(address: str) -> tuple[str, int]:

@@ -27,6 +27,7 @@ from exporter import __version__
 from exporter.cli import build_parser
 from exporter.config import Config, parse_config
 from exporter.sharding import Shard, parse_shard
+from exporter.webconfig import parse_web_config
 
 ROOT = Path(__file__).resolve().parent.parent
 CHART = ROOT / "helm" / "anomaly-exporter"
@@ -74,6 +75,17 @@ EXTERNAL: dict[tuple[str, str], dict[str, str]] = {
         "ca.pem": "-----BEGIN CERTIFICATE-----\nstand-in\n-----END CERTIFICATE-----\n"
     },
     ("Secret", "incident-bot"): {"url": "https://incident.example.com/hook"},
+    ("Secret", "anomaly-exporter-web-tls"): {
+        "tls.crt": "-----BEGIN CERTIFICATE-----\nstand-in\n-----END CERTIFICATE-----\n",
+        "tls.key": "-----BEGIN PRIVATE KEY-----\nstand-in\n-----END PRIVATE KEY-----\n",
+        "ca.crt": "-----BEGIN CERTIFICATE-----\nstand-in\n-----END CERTIFICATE-----\n",
+    },
+    ("Secret", "anomaly-exporter-web-config"): {
+        "web.yml": "tls_server_config:\n  cert_file: /etc/anomaly-exporter/web-tls/tls.crt\n"
+        "  key_file: /etc/anomaly-exporter/web-tls/tls.key\n  client_auth_type: RequireAndVerifyClientCert\n"
+        "  client_ca_file: /etc/anomaly-exporter/web-tls/ca.crt\n"
+    },
+    ("Secret", "anomaly-exporter-scrape-credentials"): {"username": "prometheus", "password": "stand-in"},
 }
 
 
@@ -275,16 +287,30 @@ def check_service_monitor(obj: dict[str, Any], out: Rendered) -> None:
     endpoint_keys = {
         "port",
         "path",
+        "scheme",
+        "tlsConfig",
+        "basicAuth",
         "interval",
         "scrapeTimeout",
         "honorLabels",
         "relabelings",
         "metricRelabelings",
     }
+    # The helm test reaches /-/ready over HTTPS exactly when the web config turns TLS on.
+    test_env = [e for c in out.test_pod["spec"]["containers"] for e in c.get("env", [])]
+    tls = any(e.get("value", "").startswith("https://") for e in test_env)
     for endpoint in spec["endpoints"]:
         assert set(endpoint) <= endpoint_keys, endpoint.keys()
         assert endpoint["port"] in port_names
         assert endpoint["path"] == "/metrics"
+        assert endpoint["scheme"] in ("http", "https")
+        if tls:  # the probes speak HTTPS, so does the scrape (unless serviceMonitor.scheme says otherwise)
+            assert endpoint["scheme"] == "https"
+        for key in ("username", "password"):
+            assert key not in endpoint.get("basicAuth", {}) or set(endpoint["basicAuth"][key]) == {
+                "name",
+                "key",
+            }
         assert isinstance(endpoint["honorLabels"], bool)
         for key in ("interval", "scrapeTimeout"):
             assert DURATION.fullmatch(endpoint[key]), endpoint[key]
@@ -351,15 +377,77 @@ def test_default_resources_are_stated(chart: Any) -> None:
     }
 
 
+def web_modes(values: dict[str, Any]) -> tuple[bool, bool]:
+    """(TLS, basic auth) as the values' web config turns them on."""
+    web = values.get("web", {})
+    inline = {} if web.get("existingSecret") else web.get("config", {})
+    return (
+        bool(web.get("tls") or inline.get("tls_server_config")),
+        bool(web.get("basicAuth") or inline.get("basic_auth_users")),
+    )
+
+
 @pytest.mark.parametrize("values_file", CASES)
 def test_probes(chart: Any, values_file: Path | None) -> None:
-    container = render(chart, load_values(values_file)).container
+    """httpGet on /-/healthy and /-/ready; HTTPS with TLS; tcpSocket with basic auth (no password in spec)."""
+    values = load_values(values_file)
+    container = render(chart, values).container
     assert container["ports"] == [{"name": "http-metrics", "containerPort": 9866, "protocol": "TCP"}]
-    assert container["livenessProbe"]["httpGet"] == {"path": "/-/healthy", "port": "http-metrics"}
-    assert container["readinessProbe"]["httpGet"] == {"path": "/-/ready", "port": "http-metrics"}
+    tls, basic_auth = web_modes(values)
+    for probe, path in (
+        ("livenessProbe", "/-/healthy"),
+        ("readinessProbe", "/-/ready"),
+        ("startupProbe", "/-/healthy"),
+    ):
+        if basic_auth:
+            assert "httpGet" not in container[probe] and container[probe]["tcpSocket"] == {
+                "port": "http-metrics"
+            }
+        else:
+            expected = {"path": path, "port": "http-metrics", **({"scheme": "HTTPS"} if tls else {})}
+            assert container[probe]["httpGet"] == expected
     startup = container["startupProbe"]
-    assert startup["httpGet"]["path"] == "/-/healthy"
     assert startup["periodSeconds"] * startup["failureThreshold"] >= 120, "room for a slow interpreter start"
+
+
+def test_probes_keep_http_when_given_credentials(chart: Any) -> None:
+    values = load_values(CHART / "ci" / "web-config-values.yaml")
+    header = [{"name": "Authorization", "value": "Basic cHJvYmU6cHJvYmU="}]
+    probe = {
+        "httpGet": {"path": "/-/ready", "port": "http-metrics", "httpHeaders": header},
+        "periodSeconds": 10,
+    }
+    container = render(chart, {**values, "readinessProbe": probe}).container
+    assert container["readinessProbe"]["httpGet"] == {**probe["httpGet"], "scheme": "HTTPS"}
+    assert "tcpSocket" in container["livenessProbe"]
+
+
+@pytest.mark.parametrize("values_file", CASES)
+def test_web_config_is_mounted_and_valid(chart: Any, values_file: Path | None, tmp_path: Path) -> None:
+    """--web.config.file names the mounted file; it passes the exporter's own parser and the certificate
+    files it names exist in the container's volumes. The helm test speaks the same scheme."""
+    values = load_values(values_file)
+    out = render(chart, values)
+    parsed = parse_exporter_args(out.container["args"])
+    web = values.get("web", {})
+    if not (web.get("config") or web.get("existingSecret")):
+        assert parsed.web_config_file == "" and out.get("Secret", f"{FULLNAME}-web-config") is None
+        return
+    lay_out_container(out, tmp_path)
+    path = tmp_path / parsed.web_config_file.lstrip("/")
+    config = parse_web_config(path.read_bytes(), parsed.web_config_file)
+    mounts = {m["name"]: m for m in out.container["volumeMounts"]}
+    assert mounts["web-config"]["readOnly"] is True
+    tls, basic_auth = web_modes(values)
+    assert (config.tls is not None) == tls and bool(config.users) == basic_auth
+    if config.tls is not None:
+        for name in config.tls.files():
+            assert (tmp_path / name.lstrip("/")).is_file(), f"{name} is not in a mounted volume"
+    test = out.test_pod["spec"]["containers"][0]
+    env = {e["name"]: e for e in test.get("env", [])}
+    if tls or basic_auth:
+        assert env["READY_URL"]["value"].startswith("https://" if tls else "http://")
+        assert test["image"] == out.container["image"]
 
 
 STORAGE_EMPTYDIR = {"name": "storage", "emptyDir": {}}
@@ -392,6 +480,9 @@ def test_args_are_exporter_flags(chart: Any, values_file: Path | None) -> None:
         expected = (["storage"], None) if persistent else ([], STORAGE_EMPTYDIR)
         assert (claims, storage) == expected
         return
+    if parsed.web_config_file:
+        assert parsed.web_config_file == "/etc/anomaly-exporter/web/web-config.yml"
+        assert mounts["/etc/anomaly-exporter/web"] == "web-config"
     assert not shard_args(args), "unsharded: the exporter's defaults (one shard)"
     assert ("persistentVolumeClaim" in storage) == persistent and ("emptyDir" in storage) != persistent
     assert out.deployment["spec"]["strategy"]["type"] == ("Recreate" if persistent else "RollingUpdate")
@@ -707,6 +798,12 @@ def test_notes_tell_the_shards(chart: Any) -> None:
         ({"rules": 5}, "/rules"),
         ({"sharding": {"enabled": True, "replicas": 0}}, "/sharding/replicas"),
         ({"sharding": {"shards": 3}}, "shards"),
+        (
+            {"web": {"config": {"basic_auth_users": {"alice": "plaintext"}}}},
+            "/web/config/basic_auth_users/alice",
+        ),
+        ({"web": {"config": {"tls_config": {}}}}, "tls_config"),
+        ({"serviceMonitor": {"scheme": "ftp"}}, "/serviceMonitor/scheme"),
     ],
 )
 def test_schema_rejects_bad_values(chart: Any, values: dict[str, Any], where: str) -> None:

@@ -164,6 +164,7 @@ two can't drift apart. Only the shard flags and where the storage volume comes f
 */}}
 {{- define "anomaly-exporter.podTemplate" -}}
 {{- $secretName := include "anomaly-exporter.secretName" . -}}
+{{- $webConfig := include "anomaly-exporter.webConfigSecret" . -}}
 metadata:
   annotations:
     # A changed rules file or secret rolls the pods.
@@ -207,6 +208,9 @@ spec:
         - --shard.count={{ .Values.sharding.replicas }}
         - --shard.index=auto
         {{- end }}
+        {{- if $webConfig }}
+        - --web.config.file=/etc/anomaly-exporter/web/web-config.yml
+        {{- end }}
         {{- range .Values.extraArgs }}
         - {{ . | quote }}
         {{- end }}
@@ -220,15 +224,15 @@ spec:
           protocol: TCP
       {{- with .Values.startupProbe }}
       startupProbe:
-        {{- toYaml . | nindent 8 }}
+        {{- include "anomaly-exporter.probe" (dict "probe" . "ctx" $) | nindent 8 }}
       {{- end }}
       {{- with .Values.livenessProbe }}
       livenessProbe:
-        {{- toYaml . | nindent 8 }}
+        {{- include "anomaly-exporter.probe" (dict "probe" . "ctx" $) | nindent 8 }}
       {{- end }}
       {{- with .Values.readinessProbe }}
       readinessProbe:
-        {{- toYaml . | nindent 8 }}
+        {{- include "anomaly-exporter.probe" (dict "probe" . "ctx" $) | nindent 8 }}
       {{- end }}
       {{- with .Values.resources }}
       resources:
@@ -246,6 +250,16 @@ spec:
         # Nested in the config mount; the kubelet creates the mount point (Kubernetes >= 1.10).
         - name: secrets
           mountPath: {{ .Values.secretsMountPath }}
+          readOnly: true
+        {{- end }}
+        {{- if $webConfig }}
+        - name: web-config
+          mountPath: /etc/anomaly-exporter/web
+          readOnly: true
+        {{- end }}
+        {{- if .Values.web.tlsSecret }}
+        - name: web-tls
+          mountPath: /etc/anomaly-exporter/web-tls
           readOnly: true
         {{- end }}
         - name: storage
@@ -267,6 +281,21 @@ spec:
       secret:
         secretName: {{ $secretName }}
         # Readable by the owner and fsGroup only.
+        defaultMode: 0440
+    {{- end }}
+    {{- if $webConfig }}
+    - name: web-config
+      secret:
+        secretName: {{ $webConfig }}
+        items:
+          - key: {{ include "anomaly-exporter.webConfigKey" . }}
+            path: web-config.yml
+        defaultMode: 0440
+    {{- end }}
+    {{- if .Values.web.tlsSecret }}
+    - name: web-tls
+      secret:
+        secretName: {{ .Values.web.tlsSecret }}
         defaultMode: 0440
     {{- end }}
     {{- if not .Values.persistence.enabled }}
@@ -300,4 +329,54 @@ spec:
   topologySpreadConstraints:
     {{- toYaml . | nindent 4 }}
   {{- end }}
+{{- end }}
+
+{{/*
+The exporter's web config (--web.config.file): the Secret holding it (the chart's or web.existingSecret) and
+its key, or empty when there is none. "true" or empty: whether it turns on TLS / basic auth (from the inline
+config, or web.tls / web.basicAuth for an existing Secret the chart can't read).
+*/}}
+{{- define "anomaly-exporter.webConfigSecret" -}}
+{{- if .Values.web.existingSecret }}
+{{- .Values.web.existingSecret }}
+{{- else if .Values.web.config }}
+{{- printf "%s-web-config" (include "anomaly-exporter.fullname" . | trunc 52 | trimSuffix "-") }}
+{{- end }}
+{{- end }}
+
+{{- define "anomaly-exporter.webConfigKey" -}}
+{{- if .Values.web.existingSecret }}{{ .Values.web.existingSecretKey }}{{ else }}web-config.yml{{ end }}
+{{- end }}
+
+{{- define "anomaly-exporter.webTLS" -}}
+{{- $inline := and (not .Values.web.existingSecret) .Values.web.config }}
+{{- if or .Values.web.tls (and $inline (get (default (dict) .Values.web.config) "tls_server_config")) }}true{{ end }}
+{{- end }}
+
+{{- define "anomaly-exporter.webBasicAuth" -}}
+{{- $inline := and (not .Values.web.existingSecret) .Values.web.config }}
+{{- if or .Values.web.basicAuth (and $inline (get (default (dict) .Values.web.config) "basic_auth_users")) }}true{{ end }}
+{{- end }}
+
+{{/*
+A probe as given, fitted to the web config: an httpGet probe gets scheme HTTPS with TLS, and becomes a
+tcpSocket probe on the same port with basic auth unless it sends its own Authorization header.
+Called with (dict "probe" <probe> "ctx" $).
+*/}}
+{{- define "anomaly-exporter.probe" -}}
+{{- $probe := deepCopy .probe }}
+{{- if $probe.httpGet }}
+{{- $authorized := false }}
+{{- range ($probe.httpGet.httpHeaders | default list) }}
+{{- if eq (lower .name) "authorization" }}{{ $authorized = true }}{{ end }}
+{{- end }}
+{{- if and (include "anomaly-exporter.webBasicAuth" .ctx) (not $authorized) }}
+{{- $port := $probe.httpGet.port }}
+{{- $_ := unset $probe "httpGet" }}
+{{- $_ := set $probe "tcpSocket" (dict "port" $port) }}
+{{- else if and (include "anomaly-exporter.webTLS" .ctx) (not $probe.httpGet.scheme) }}
+{{- $_ := set $probe.httpGet "scheme" "HTTPS" }}
+{{- end }}
+{{- end }}
+{{- toYaml $probe }}
 {{- end }}
