@@ -153,6 +153,13 @@ class PrometheusReader:
             col += n
             requests_made += 1
         result = merged.result()
+        if result.warnings:  # e.g. Thanos / Mimir partial responses: some stores or ingesters did not answer
+            log.warning(
+                "query %r: %s answered with warnings (the data may be incomplete): %s",
+                _shorten(query),
+                self._where,
+                self._scrub("; ".join(result.warnings)),
+            )
         log.debug(
             "query %r: %d request(s), %d series kept, %d dropped, %d steps in %.3fs",
             _shorten(query),
