@@ -49,6 +49,12 @@ RULE_GAUGES = (  # per-rule health gauges: (name, HELP, RuleHealth attribute)
 )
 
 
+# Every stage a rule can fail in (exporter.pipeline's _stage names), exported from 0 so a first failure shows
+# as an increase. `backfill` is the rest of the history loaded after a restart, `restore` / `save` the model
+# file under --storage.path.
+ERROR_STAGES = ("query", "backfill", "restore", "fit", "save", "score", "alert")
+
+
 class AlertCounts(Protocol):
     """What the collector reads of the exporter's own alerting: in-memory counters, no I/O."""
 
@@ -105,7 +111,7 @@ class AnomalyCollector(Collector):
                     family.add_metric([rule], float(value))
             for stage, seconds in sorted(h.durations.items()):
                 durations.add_metric([rule, stage], seconds)
-            for stage in ("query", "fit", "score", "alert"):
+            for stage in (*ERROR_STAGES, *sorted(h.errors.keys() - set(ERROR_STAGES))):
                 errors.add_metric([rule, stage], h.errors.get(stage, 0))
         yield from (family for family, _ in per_rule)
         yield from (durations, errors)

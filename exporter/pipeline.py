@@ -169,7 +169,13 @@ class RuleRunner:
         try:
             yield
         except Exception as exc:
-            log.warning("rule %s: %s failed: %s", self.rule.name, stage, exc, exc_info=stage != "query")
+            log.warning(
+                "rule %s: %s failed: %s",
+                self.rule.name,
+                stage,
+                exc,
+                exc_info=stage not in ("query", "backfill"),
+            )
             self._out.record_error(stage, str(exc))
             if stage == "query":
                 self._maybe_withdraw()

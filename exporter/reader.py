@@ -15,6 +15,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 import requests
+import urllib3
 
 from exporter.config import PrometheusConfig
 from exporter.httpclient import client_options
@@ -25,6 +26,7 @@ SeriesKey = tuple[tuple[str, str], ...]  # sorted (label, value) pairs of a seri
 
 MAX_POINTS_PER_SERIES = 10_000  # per request; Prometheus rejects more than 11,000
 POST_QUERY_LENGTH = 2_000  # longer queries go in a form-encoded POST body (URLs have length limits)
+_READ_SIZE = 1 << 20  # bytes asked of each read of a response body
 _BACKOFF_BASE, _BACKOFF_CAP, _RETRY_AFTER_CAP = 0.5, 10.0, 30.0
 _RETRIED_ERRORS = (
     requests.ConnectionError,
@@ -151,6 +153,13 @@ class PrometheusReader:
             col += n
             requests_made += 1
         result = merged.result()
+        if result.warnings:  # e.g. Thanos / Mimir partial responses: some stores or ingesters did not answer
+            log.warning(
+                "query %r: %s answered with warnings (the data may be incomplete): %s",
+                _shorten(query),
+                self._where,
+                self._scrub("; ".join(result.warnings)),
+            )
         log.debug(
             "query %r: %d request(s), %d series kept, %d dropped, %d steps in %.3fs",
             _shorten(query),
@@ -201,6 +210,7 @@ class PrometheusReader:
 
     def _attempt(self, query: str, params: dict[str, str]) -> dict[str, Any]:
         post = len(query) > POST_QUERY_LENGTH
+        deadline = time.monotonic() + self._config.timeout
         try:
             resp = self._session.request(
                 "POST" if post else "GET",
@@ -212,24 +222,29 @@ class PrometheusReader:
                 verify=self._verify,
                 cert=self._cert,
                 timeout=self._config.timeout,
+                stream=True,  # the body is read by _read_body, against the deadline
             )
         except _RETRIED_ERRORS as exc:
             raise _Retry(self._scrub(f"{type(exc).__name__}: {exc}")) from None
         except requests.RequestException as exc:  # bad URL, invalid header...: configuration, not transient
             cause = self._scrub(f"{self._where}: {type(exc).__name__}: {exc}")
             raise UnavailableError.about(query, cause) from None
+        status = resp.status_code
         try:
-            body = json.loads(resp.content)
+            content = self._read_body(resp, deadline)
+        finally:
+            resp.close()
+        try:
+            body = json.loads(content)
         except ValueError:
             body = None
-        status = resp.status_code
         if status == 200:
             if not isinstance(body, dict):
                 raise _Retry("HTTP 200 with a body that is not a JSON object", status)
             if body.get("status") != "success" or not isinstance(body.get("data"), dict):
-                raise _Retry(self._scrub(f"HTTP 200 with unexpected body {_excerpt(resp)!r}"), status)
+                raise _Retry(self._scrub(f"HTTP 200 with unexpected body {_excerpt(content)!r}"), status)
             return body
-        error_type, error = _error_fields(resp, body)
+        error_type, error = _error_fields(resp, content, body)
         text = self._scrub(f"HTTP {status}" + (f" {error_type}" if error_type else "") + f": {error}")
         if status == 429 or status >= 500:
             raise _Retry(text, status, _retry_after(resp) if status in (429, 503) else None)
@@ -240,6 +255,32 @@ class PrometheusReader:
         raise UnavailableError.about(
             query, f"{self._where} answered {text}", status=status, error_type=error_type
         )
+
+    def _read_body(self, resp: requests.Response, deadline: float) -> bytes:
+        """The whole (decoded) body, or _Retry once `deadline` has passed. requests' timeout bounds each
+        read, not their sum: a server trickling its answer would otherwise hold the query (and the rule's
+        job) for as long as it likes. So an attempt ends within about twice the timeout at worst."""
+        raw = resp.raw
+        read1 = getattr(raw, "read1", None)  # urllib3 >= 2: returns what one read brought, not `amt` bytes
+        chunks: list[bytes] = []
+        try:
+            while True:
+                if time.monotonic() > deadline:
+                    timeout = self._config.timeout
+                    raise _Retry(
+                        f"Timeout: no complete answer within the {timeout:g}s timeout", resp.status_code
+                    )
+                chunk = (
+                    read1(_READ_SIZE, decode_content=True) if read1 else raw.read(65536, decode_content=True)
+                )
+                if not chunk:
+                    return b"".join(chunks)
+                chunks.append(chunk)
+        except (urllib3.exceptions.HTTPError, requests.RequestException, OSError) as exc:
+            # a connection reset, a body cut short (IncompleteRead), a read timeout, bad gzip...
+            raise _Retry(
+                self._scrub(f"{type(exc).__name__} reading the answer: {exc}"), resp.status_code
+            ) from None
 
     def _scrub(self, text: str) -> str:
         for secret in self._secrets:
@@ -361,17 +402,17 @@ def _redact_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc="<redacted>@" + parts.netloc.rpartition("@")[2]))
 
 
-def _excerpt(resp: requests.Response, limit: int = 200) -> str:
+def _excerpt(content: bytes, limit: int = 200) -> str:
     """The start of a body, whitespace collapsed, without decoding all of a possibly huge response."""
-    return " ".join(resp.content[: limit * 2].decode("utf-8", "replace").split())[:limit]
+    return " ".join(content[: limit * 2].decode("utf-8", "replace").split())[:limit]
 
 
-def _error_fields(resp: requests.Response, body: Any) -> tuple[str | None, str]:
+def _error_fields(resp: requests.Response, content: bytes, body: Any) -> tuple[str | None, str]:
     """Prometheus' errorType and error text, or an excerpt of a non-JSON body (e.g. a proxy's HTML page)."""
     if isinstance(body, dict) and isinstance(body.get("error"), str):
         error_type = body.get("errorType")
         return (error_type if isinstance(error_type, str) else None), body["error"]
-    return None, _excerpt(resp) or resp.reason or "no body"
+    return None, _excerpt(content) or resp.reason or "no body"
 
 
 def _retry_after(resp: requests.Response) -> float | None:

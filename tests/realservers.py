@@ -77,6 +77,16 @@ def wait_until(fn: Callable[[], T], timeout: float = 30.0, interval: float = 0.2
         time.sleep(interval)
 
 
+def assert_threads_ended(before: Iterable[threading.Thread], timeout: float = 5.0) -> None:
+    """Fail unless every thread not in ``before`` has ended within ``timeout`` (a test cleaned up)."""
+    known = set(before)
+    try:
+        wait_until(lambda: not [t for t in threading.enumerate() if t not in known], timeout, 0.05)
+    except TimeoutError:
+        left = [t.name for t in threading.enumerate() if t not in known]
+        pytest.fail(f"threads still running after the test: {left}", pytrace=False)
+
+
 # --------------------------------------------------------------------------------------------------
 # OpenMetrics writing and backfill
 
@@ -346,6 +356,15 @@ class _ServerProcess:
     @property
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
+
+    def send_signal(self, sig: int) -> None:
+        """Send ``sig`` to the process (fault injection: SIGSTOP, SIGKILL...); after SIGKILL, wait for it
+        to be gone. ``stop()`` is still needed afterwards, to remove the work directory."""
+        if self._proc is None:
+            raise ServerError(f"{self.binary} is not running")
+        self._proc.send_signal(sig)
+        if sig == signal.SIGKILL:
+            self._proc.wait(timeout=10)
 
     def __enter__(self) -> Self:
         return self.start()

@@ -77,6 +77,13 @@ def test_health_metrics():
     assert get("anomaly_exporter_errors_total", {"rule": "r", "stage": "fit"}) == 2
     assert get("anomaly_exporter_errors_total", {"rule": "r", "stage": "query"}) == 0
     store.record_reload(False, "bad")
+    store.record_error("r", "backfill", "Prometheus fell over loading the rest of the history")
+    assert get("anomaly_exporter_errors_total", {"rule": "r", "stage": "backfill"}) == 1
+    stages = {"query", "backfill", "restore", "fit", "save", "score", "alert"}
+    for stage in stages - {"fit", "backfill"}:  # every stage from 0, not only once it failed
+        assert get("anomaly_exporter_errors_total", {"rule": "r", "stage": stage}) == 0
+    store.record_error("r", "future-stage", "x")
+    assert get("anomaly_exporter_errors_total", {"rule": "r", "stage": "future-stage"}) == 1
     assert get("anomaly_exporter_config_last_reload_successful") == 0
     assert get("anomaly_exporter_config_reloads_total", {"result": "failure"}) == 1
     text = generate_latest(registry).decode()

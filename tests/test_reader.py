@@ -418,6 +418,19 @@ def test_warnings_are_collected_across_chunks_without_duplicates(rsps: responses
     assert_vals(result.values[0], [1, 2])
 
 
+def test_warnings_are_logged_once_per_query(
+    rsps: responses.RequestsMock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A partial answer (Thanos, Mimir) is still an answer, but the operator must hear of it."""
+    rsps.get(ENDPOINT, json=matrix([({"a": "1"}, [(T0, "1")])], warnings=["partial response: store down"]))
+    make().query_range("up", T0, T0, 60)
+    (record,) = [r for r in caplog.records if "warnings" in r.getMessage()]
+    assert record.levelname == "WARNING"
+    assert record.getMessage() == (
+        f"query 'up': {URL} answered with warnings (the data may be incomplete): partial response: store down"
+    )
+
+
 def test_native_histogram_only_series_are_skipped(rsps: responses.RequestsMock) -> None:
     body = matrix([({"job": "a"}, [(T0, "1")])])
     body["data"]["result"].append({"metric": {"job": "h"}, "histograms": [[T0, {"count": "3", "sum": "1"}]]})
