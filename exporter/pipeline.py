@@ -176,7 +176,8 @@ class RuleRunner:
                 exc,
                 exc_info=stage not in ("query", "backfill"),
             )
-            self._out.record_error(stage, str(exc))
+            # saving, restoring and backfilling old history do not change what is served: still up
+            self._out.record_error(stage, str(exc), down=stage not in ("save", "restore", "backfill"))
             if stage == "query":
                 self._maybe_withdraw()
             raise

@@ -141,7 +141,10 @@ class Store:
                 durations = MappingProxyType({**current.durations, stage: seconds})
                 self._health[rule] = dataclasses.replace(current, durations=durations)
 
-    def record_error(self, rule: str, stage: str, message: str, owner: object = None) -> None:
+    def record_error(
+        self, rule: str, stage: str, message: str, owner: object = None, *, down: bool = True
+    ) -> None:
+        """Count an error of `stage`; with `down`, the rule's results are no longer current (up = 0)."""
         with self._lock:
             if not self._owned(rule, owner):
                 return
@@ -149,7 +152,7 @@ class Store:
             if current is not None:
                 errors = MappingProxyType({**current.errors, stage: current.errors.get(stage, 0) + 1})
                 self._health[rule] = dataclasses.replace(
-                    current, errors=errors, last_error=f"{stage}: {message}", up=False
+                    current, errors=errors, last_error=f"{stage}: {message}", up=current.up and not down
                 )
 
     def record_reload(self, ok: bool, error: str | None = None) -> None:
@@ -202,8 +205,8 @@ class RuleWriter:
     def record_duration(self, stage: str, seconds: float) -> None:
         self._store.record_duration(self._rule, stage, seconds, owner=self._owner)
 
-    def record_error(self, stage: str, message: str) -> None:
-        self._store.record_error(self._rule, stage, message, owner=self._owner)
+    def record_error(self, stage: str, message: str, *, down: bool = True) -> None:
+        self._store.record_error(self._rule, stage, message, owner=self._owner, down=down)
 
     def health(self) -> RuleHealth | None:
         return self._store.health().get(self._rule)

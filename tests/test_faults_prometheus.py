@@ -304,6 +304,9 @@ def test_failure_while_a_restarted_rule_backfills_is_counted_and_retried(
         assert health.errors == {"backfill": 1} and health.last_error.startswith("backfill: ")
         assert restarted.get("anomaly_exporter_errors_total", stage="backfill") == 1
         assert restarted.get("anomaly_exporter_rule_ready") == 1
+        assert (
+            restarted.get("anomaly_exporter_rule_up") == 1
+        )  # its scores are current: only old history is missing
         assert set(restarted.exported()) == set(INSTANCES) and restarted.scored_at() == grid(fitted + 120)
         (logged,) = [r for r in caplog.records if "backfill failed" in r.getMessage()]
         assert not logged.exc_info  # Prometheus failing is not a bug of ours: no traceback
