@@ -15,7 +15,7 @@ import numpy as np
 from sklearn.ensemble import IsolationForest
 
 from exporter.detectors.base import Detector, Prediction
-from exporter.detectors.seasonal import SeasonalBaseline
+from exporter.detectors.seasonal import SeasonalBaseline, finite
 from exporter.frame import Window
 
 DAY = 86400
@@ -137,7 +137,7 @@ class IsolationForestDetector(Detector):
             sample = np.sort(rng.choice(n, max(1, _FIT_CELLS // len(span)), replace=False))
             window = window.subset(sample)
         p = self.baseline_.predict(window, span)
-        z = (window.cols(span) - p.expected) / p.scale
+        z = (finite(window.cols(span)) - p.expected) / p.scale
         feats = features(z, window.timestamps[span], self.windows)[:, ctx:]
         split = max(feats.shape[1] - per_day, feats.shape[1] // 2)
         self.center_ = np.full(n, np.nan)
@@ -188,14 +188,14 @@ class IsolationForestDetector(Detector):
         columns = np.asarray(columns, dtype=np.int64)
         rows = self._fitted_rows(window.keys)
         n, k = len(window.keys), len(columns)
-        if k == 0:
+        if k == 0 or not len(self.center_):  # nothing asked, or fitted on no series: the baseline's NaN
             return self.baseline_.predict(window, columns)
         # one baseline prediction over the asked columns and the trailing context their features need
         ctx = max(self.windows)
         lo = max(0, int(columns.min()) - ctx + 1)
         span = np.arange(lo, int(columns.max()) + 1)
         p = self.baseline_.predict(window, span)
-        z = (window.cols(span) - p.expected) / p.scale
+        z = (finite(window.cols(span)) - p.expected) / p.scale
         feats = features(z, window.timestamps[span], self.windows)[:, columns - lo]
         raw = np.full((n, k), np.nan)
         for i, forest in enumerate(self.forests_):
