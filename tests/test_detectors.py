@@ -280,3 +280,19 @@ def test_sums_beyond_the_float_range_are_unknown_not_infinite():
     )
     assert not np.isinf(p.expected).any() and not np.isinf(p.scale).any()
     assert np.isnan(p.scale[0]).all()  # its spread overflowed: unknown
+
+
+@pytest.mark.parametrize("big", [1e9, 1e15, 1e160])
+def test_one_huge_residual_does_not_spoil_the_forests_later_features(big):
+    """The rolling means and spreads come from running sums: a 1e9 residual made every later spread
+    wrong by up to 1.8 (rounding in the sum of squares), a 1e160 one made them NaN (overflow)."""
+    from exporter.detectors.iforest import features
+
+    z = np.random.default_rng(0).normal(size=(1, 400))
+    t = 60 * np.arange(400)
+    spiked, missing = z.copy(), z.copy()
+    spiked[0, 10], missing[0, 10] = big, np.nan
+    later = slice(10 + 60, None)  # windows (5, 15, 60) that no longer hold the spike
+    with np.errstate(over="ignore", invalid="ignore"):
+        a = features(spiked, t, (5, 15, 60))[:, later]
+    np.testing.assert_allclose(a, features(missing, t, (5, 15, 60))[:, later], atol=1e-6)

@@ -20,6 +20,11 @@ from exporter.frame import Window
 
 DAY = 86400
 _FIT_CELLS = 2_000_000  # series × columns whose features a pooled forest is fitted on (bounds memory)
+# Residuals are capped here before the running sums of the rolling statistics: one residual of 1e9σ (a
+# bad sample on a quiet series) left ~1e18 in the running sum of squares, whose rounding spoiled the
+# spread of every later window (1e160 made it NaN). One capped value still puts any window's mean and
+# spread beyond the features' clip of 50 (1e4 / 60 points > 50), with sums small enough to stay exact.
+_Z_CAP = 1e4
 
 
 def _trailing(z: np.ndarray, w: int) -> tuple[np.ndarray, np.ndarray]:
@@ -45,8 +50,9 @@ def features(z: np.ndarray, t: np.ndarray, windows: tuple[int, ...]) -> np.ndarr
     its change since the previous point, and the time of day."""
     n, n_t = z.shape
     cols = [np.clip(z, -50, 50)]
+    capped = np.clip(z, -_Z_CAP, _Z_CAP)
     for w in windows:
-        mean, std = _trailing(z, w)
+        mean, std = _trailing(capped, w)
         cols += [np.clip(mean, -50, 50), np.clip(std, 0, 50)]
     diff = np.full_like(z, np.nan)
     diff[:, 1:] = z[:, 1:] - z[:, :-1]
