@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from exporter.config_check import Checker, Invalid, spec_default, type_name
+from exporter.config_check import INVALID, Checker, Invalid, spec_default, type_name
 from exporter.config_jsonschema import json_schema
 from exporter.config_schema import (
     ALERT,
@@ -207,12 +207,27 @@ def parse_config(
     return _build(top, rules)
 
 
+MAX_DEPTH = 64  # nesting of YAML collections; rules.yaml needs 6. PyYAML recurses per level (~500 max)
+
+
 class _Loader(yaml.SafeLoader):
-    """SafeLoader that records duplicate mapping keys, which PyYAML would silently resolve to the last one."""
+    """SafeLoader that records duplicate mapping keys, which PyYAML would silently resolve to the last one,
+    and refuses nesting deeper than MAX_DEPTH (with its line and column) before Python's stack runs out."""
 
     def __init__(self, stream: str) -> None:
         super().__init__(stream)
         self.duplicates: list[tuple[int, int, str]] = []  # line, column, message
+        self._depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
+        self._depth += 1
+        try:
+            if self._depth > MAX_DEPTH:
+                mark = self.peek_event().start_mark
+                raise yaml.composer.ComposerError(None, None, f"nested deeper than {MAX_DEPTH} levels", mark)
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Hashable, Any]:
         first_line: dict[Any, int] = {}
@@ -231,9 +246,12 @@ class _Loader(yaml.SafeLoader):
 
 def _load_yaml(text: str, source: str) -> tuple[Any, list[str]]:
     """Parse one document: syntax errors raise at once (with line:column); duplicate keys are returned."""
-    loader = _Loader(text)
     try:
-        data = loader.get_single_data()
+        loader = _Loader(text)  # the reader refuses control characters here already
+        try:
+            data = loader.get_single_data()
+        finally:
+            loader.dispose()
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark else source
@@ -241,10 +259,15 @@ def _load_yaml(text: str, source: str) -> tuple[Any, list[str]]:
         if exc.context and (not problem or problem.startswith("but ")):  # "but found another document"
             problem = f"{exc.context}, {problem}" if problem else exc.context
         raise ConfigError([f"{where}: {problem}"], source) from None
+    except yaml.reader.ReaderError as exc:
+        line = text.count("\n", 0, exc.position) + 1
+        column = exc.position - text.rfind("\n", 0, exc.position)
+        problem = f"unacceptable character #x{exc.character:04x}: {exc.reason}"
+        raise ConfigError([f"{source}:{line}:{column}: {problem}"], source) from None
     except yaml.YAMLError as exc:
         raise ConfigError([f"{source}: {exc}"], source) from None
-    finally:
-        loader.dispose()
+    except ValueError as exc:  # PyYAML's constructors: a 2001-02-30 timestamp, an integer of 5,000 digits
+        raise ConfigError([f"{source}: a value cannot be read: {exc}"], source) from None
     return data, [f"{source}:{line}:{col}: {msg}" for line, col, msg in sorted(loader.duplicates)]
 
 
@@ -271,7 +294,7 @@ def _merge(rule: dict[str, Any], path: str, defaults: dict[str, Any]) -> _Settin
         for f in section.fields:
             key = f"{section.name}.{f.name}"
             if isinstance(own, Invalid) or isinstance(base, Invalid):
-                out[key] = (own, None)
+                out[key] = (INVALID, None)  # reported already; no check may compare the section itself
             elif f.name in own:
                 out[key] = (own[f.name], f"{path}.{key}")
             elif f.name in base:

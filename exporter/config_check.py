@@ -21,10 +21,22 @@ class Invalid:
 
 INVALID = Invalid()
 _REFERENCE = re.compile(r"\$\$\{|\$\{([A-Za-z_][A-Za-z0-9_]*)\}|\$\{")
+_EXPONENT_NUMBER = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
+def _shown(number: float) -> str:
+    """A number as the user wrote it, shortened if huge (an integer of 400 digits)."""
+    text = repr(number)
+    return text if len(text) <= 40 else f"{text[:20]}… ({len(text)} digits)"
+
+
+_PLAIN_KEY = re.compile(r"[^\s.\[\]'\"]+")
 
 
 def _join(path: str, key: object) -> str:
-    return f"{path}.{key}" if path else str(key)
+    """`path.key`; a key that is empty or could be misread in a path (spaces, dots, brackets) is quoted."""
+    shown = repr(key) if isinstance(key, str) and not _PLAIN_KEY.fullmatch(key) else str(key)
+    return f"{path}.{shown}" if path else shown
 
 
 def type_name(value: object) -> str:
@@ -58,8 +70,12 @@ def _unknown_key(key: object, known: list[str]) -> str:
 
 
 def _is_http_url(text: str) -> bool:
-    parts = urlsplit(text)
-    return parts.scheme in ("http", "https") and bool(parts.hostname) and not any(c.isspace() for c in text)
+    try:
+        parts = urlsplit(text)
+        hostname, _ = parts.hostname, parts.port  # a bad IPv6 literal or port raises ValueError
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and bool(hostname) and not any(c.isspace() for c in text)
 
 
 def spec_default(f: Field) -> Any:
@@ -222,8 +238,10 @@ class Checker:
         try:
             with open(name, encoding="utf-8") as fh:
                 content = fh.read().strip()
-        except (OSError, UnicodeDecodeError) as exc:
+        except (OSError, UnicodeDecodeError, ValueError) as exc:  # ValueError: a NUL in the name
             reason = exc.strerror if isinstance(exc, OSError) else "not valid UTF-8"
+            if isinstance(exc, ValueError) and not isinstance(exc, UnicodeDecodeError):
+                reason = str(exc)
             self.error(path, f"cannot read {name!r}: {reason}")
             return INVALID
         if not content:
@@ -237,15 +255,24 @@ class Checker:
     def _number(self, f: Field, path: str, value: object) -> Any:
         wanted = (int,) if f.kind == "integer" else (int, float)
         if isinstance(value, bool) or not isinstance(value, wanted):
-            self.error(
-                path,
-                f"must be {'an integer' if f.kind == 'integer' else 'a number'} (got {type_name(value)})",
-            )
+            hint = ""
+            if isinstance(value, str) and _EXPONENT_NUMBER.fullmatch(value.strip()):
+                # YAML 1.1 (PyYAML) reads 1e6 as text; 1.0e+6 (a dot and a signed exponent) is a number
+                hint = f" {value!r}: write exponents with a dot and a sign, e.g. 1.0e+6, or plain digits"
+            wanted_name = "an integer" if f.kind == "integer" else "a number"
+            self.error(path, f"must be {wanted_name} (got {type_name(value)}{hint})")
             return INVALID
-        if not math.isfinite(value):
+        if isinstance(value, float) and not math.isfinite(value):
             self.error(path, f"must be a finite number (got {value!r})")
             return INVALID
-        return self._bounds(f, path, value if f.kind == "integer" else float(value), repr(value))
+        shown = _shown(value)
+        if f.kind == "number":
+            try:
+                value = float(value)
+            except OverflowError:  # an integer beyond any float
+                self.error(path, f"must be a finite number (got {shown})")
+                return INVALID
+        return self._bounds(f, path, value, shown)
 
     def _bounds(self, f: Field, path: str, number: float, shown: str) -> Any:
         if f.minimum is not None and number < f.minimum:

@@ -7,6 +7,7 @@ import re
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0, "y": 31536000.0}
 _ORDER = ["y", "w", "d", "h", "m", "s", "ms"]
 _TERM = re.compile(r"(\d+)(ms|y|w|d|h|m|s)")
+MAX_MS = (2**63 - 1) // 10**6  # Prometheus durations are Go int64 nanoseconds: at most ~292 years
 
 
 def parse_duration(text: str) -> float:
@@ -20,7 +21,7 @@ def parse_duration(text: str) -> float:
     if not isinstance(text, str) or not text:
         raise ValueError(f"invalid duration {text!r}: expected e.g. 30s, 5m, 1h30m, 14d")
     pos = 0
-    total = 0.0
+    total_ms = 0  # exact integer arithmetic: a 400-digit count must be refused, not overflow a float
     last_rank = -1
     for match in _TERM.finditer(text):
         if match.start() != pos:
@@ -29,11 +30,17 @@ def parse_duration(text: str) -> float:
         if rank <= last_rank:  # units must go from largest to smallest, once each, like Prometheus
             raise ValueError(f"invalid duration {text!r}: units out of order or repeated")
         last_rank = rank
-        total += int(match.group(1)) * _UNITS[match.group(2)]
+        digits = match.group(1)
+        if len(digits) > 20:  # more than MAX_MS in any unit; spares int() a huge conversion
+            shown = text if len(text) <= 40 else text[:40] + "…"
+            raise ValueError(f"invalid duration {shown!r}: out of range (at most ~292y)")
+        total_ms += int(digits) * round(_UNITS[match.group(2)] * 1000)
         pos = match.end()
     if pos != len(text):
         raise ValueError(f"invalid duration {text!r}: expected e.g. 30s, 5m, 1h30m, 14d")
-    return total
+    if total_ms > MAX_MS:
+        raise ValueError(f"invalid duration {text!r}: out of range (at most ~292y)")
+    return total_ms / 1000
 
 
 def format_duration(seconds: float) -> str:

@@ -316,11 +316,11 @@ class _Merger:
         self.warnings.update(dict.fromkeys(str(w) for w in body.get("warnings") or ()))
         try:
             rows, stamps, texts = self._split(data["result"])
+            if rows:
+                self._fill(rows, stamps, texts)  # a value that is no number ("n/a") fails here
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             detail = f"unexpected response shape ({type(exc).__name__}: {exc})"
             raise UnavailableError.about(self.query, detail) from None
-        if rows:
-            self._fill(rows, stamps, texts)
 
     def _split(self, result: list[Any]) -> tuple[list[int], list[tuple[Any, ...]], list[tuple[Any, ...]]]:
         """Per kept series: its row, its timestamps and its value strings (one C-level zip per series)."""
@@ -361,8 +361,11 @@ class _Merger:
         if not ok.all():  # proxies may misalign points; Prometheus itself returns exactly start + k*step
             self.off_grid += int(total - ok.sum())
             row_of, col, vals = row_of[ok], col[ok], vals[ok]
-        if len(set(rows)) < len(rows):
-            # A key repeated within one response (some proxies): the last point per cell wins.
+        same_series = row_of[1:] == row_of[:-1]
+        if len(set(rows)) < len(rows) or (same_series & (col[1:] <= col[:-1])).any():
+            # A key repeated within one response, or a series' points repeated or out of order (some
+            # proxies): the last point per cell wins. Chosen here: numpy leaves the outcome of assigning
+            # one cell twice through fancy indexing unspecified.
             flat = (row_of * self.n_t + col)[::-1]
             _, last = np.unique(flat, return_index=True)
             pick = len(flat) - 1 - last

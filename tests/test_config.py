@@ -550,6 +550,60 @@ ERROR_CASES = [
         "prometheus.bearer_token_file: cannot read '/nonexistent/tok': No such file or directory",
     ),
     ("defaults section not a mapping", MINIMAL + "defaults:\n", "defaults: must be a mapping (got null)"),
+    # Found by tests/test_config_properties.py and by probing the loader with bad values: each of these
+    # raised something other than ConfigError (OverflowError, ValueError, TypeError) before.
+    (
+        "duration of 400 digits",
+        with_rule("interval: " + "9" * 400 + "s"),
+        "rules[0].interval: invalid duration '" + "9" * 40 + "…': out of range (at most ~292y)",
+    ),
+    (
+        "duration beyond Prometheus' ~292 years",
+        with_rule("history: 293y"),
+        "rules[0].history: invalid duration '293y': out of range (at most ~292y)",
+    ),
+    (
+        "integer beyond any float",
+        with_rule("z_threshold: " + "9" * 400),
+        "rules[0].z_threshold: must be a finite number (got " + "9" * 20 + "… (400 digits))",
+    ),
+    (
+        "1e6 is text to YAML 1.1",
+        with_rule("min_abs_deviation: 1e6"),
+        "rules[0].min_abs_deviation: must be a number (got string '1e6': write exponents with a dot and a"
+        " sign, e.g. 1.0e+6, or plain digits)",
+    ),
+    (
+        "NUL in a secret file name",
+        MINIMAL.replace("http://prom:9090", 'http://p, bearer_token_file: "a\\0b"'),
+        "prometheus.bearer_token_file: cannot read 'a\\x00b': embedded null byte",
+    ),
+    (
+        "bad IPv6 literal in a URL",
+        MINIMAL.replace("http://prom:9090", "'http://[::1:9090'"),
+        "prometheus.url: must be an http(s) URL (got 'http://[::1:9090')",
+    ),
+    (
+        "port out of range",
+        MINIMAL.replace("http://prom:9090", "'http://prom:99999'"),
+        "prometheus.url: must be an http(s) URL (got 'http://prom:99999')",
+    ),
+    (
+        "bad IPv6 literal in a receiver URL",
+        MINIMAL + "receivers: {am: {type: alertmanager, urls: ['http://[zz]/']}}\n",
+        "receivers.am.urls[0]: must be an http(s) URL (got 'http://[zz]/')",
+    ),
+    (
+        "empty key",
+        with_rule("'': 1"),
+        "rules[0].'': unknown key (expected one of: name, query, interval, retrain, history, step,"
+        " z_threshold, direction, min_abs_deviation, min_rel_deviation, max_series, labels, model, alert)",
+    ),
+    (
+        "key with a dot",
+        with_rule("'model.type': mad"),
+        "rules[0].'model.type': unknown key (did you mean 'model'?)",
+    ),
 ]
 
 
@@ -588,6 +642,21 @@ def test_every_problem_in_a_file_is_reported_at_once() -> None:
 def test_a_problem_in_defaults_is_reported_once_not_per_rule() -> None:
     text = MINIMAL + "  - {name: s, query: up}\ndefaults: {history: 1h, step: 10m}\n"
     assert errors_of(text) == ["defaults.history: history must be at least 10 × step (history 1h, step 10m)"]
+
+
+@pytest.mark.parametrize(
+    ("defaults", "error"),
+    [
+        ("model: 5", "defaults.model: must be a mapping (got integer)"),
+        ("alert: [1]", "defaults.alert: must be a mapping (got list)"),
+    ],
+)
+def test_a_broken_defaults_section_next_to_a_rules_own_section_is_one_error(
+    defaults: str, error: str
+) -> None:
+    # the cross-key checks compared the rule's whole section with a number (TypeError) before
+    text = MINIMAL.replace("query: up}", "query: up, model: {type: mad}, alert: {threshold: 2}}")
+    assert errors_of(text + f"defaults: {{{defaults}}}\n") == [error]
 
 
 def test_error_messages_never_echo_secret_values(tmp_path: Path) -> None:
@@ -639,6 +708,30 @@ YAML_CASES = [
     ("only comments", "# nothing yet\n", ["config is empty: expected `prometheus` and `rules`"]),
     ("top level is a list", "- a\n", ["top level must be a mapping (got list)"]),
     ("top level is a string", "hello\n", ["top level must be a mapping (got string)"]),
+    # These raised ReaderError, RecursionError and ValueError before
+    (
+        "control character",
+        "prometheus: {url: http://p}\x08\nrules: [{name: r, query: up}]\n",
+        ["rules.yaml:1:28: unacceptable character #x0008: special characters are not allowed"],
+    ),
+    (
+        "nesting deeper than the loader allows",
+        "prometheus: {url: http://p}\nrules: " + "[" * 1000 + "]" * 1000 + "\n",
+        ["rules.yaml:2:71: nested deeper than 64 levels"],  # the 64th `[`: the document is level 1,
+    ),
+    (
+        "impossible date",
+        MINIMAL + "defaults: {labels: {since: 2001-02-30}}\n",
+        ["rules.yaml: a value cannot be read: day is out of range for month"],
+    ),
+    (
+        "integer of 5,000 digits",
+        MINIMAL + "defaults: {max_series: " + "9" * 5000 + "}\n",
+        [
+            "rules.yaml: a value cannot be read: Exceeds the limit (4300 digits) for integer string "
+            "conversion: value has 5000 digits; use sys.set_int_max_str_digits() to increase the limit"
+        ],
+    ),
 ]
 
 

@@ -225,3 +225,74 @@ def test_iforest_baseline_also_keeps_the_jump_its_previous_fit_saw():
     chained = fit_before(t, x, col, days=7, model=fit_before(t, x, col - 60, days=7, model=RuleModel(rule)))
     assert alone.detector.baseline_.jumps_[0, 5] == 0  # Saturday's step is at this window's very start
     assert chained.detector.baseline_.jumps_[0, 5] < -20
+
+
+# -- found by tests/test_detector_properties.py: each raised or returned ±inf before ----------------------
+
+KEYS2 = [(("s", "0"),), (("s", "1"),)]
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_a_window_with_series_but_no_columns_fits_to_unknown(model):
+    rule = RuleConfig(name="r", query="-", model=ModelConfig(type=model))
+    empty = Window(KEYS2, np.array([], dtype=np.int64), np.empty((2, 0)))
+    fitted = RuleModel(rule).fit(empty)  # ZeroDivisionError before
+    t, x = series(n=2, days=1)
+    s = fitted.score(Window(KEYS2, t, x), np.arange(len(t) - 3, len(t)))
+    assert np.isnan(s.score).all() and np.isnan(s.expected).all()
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_a_model_fitted_on_no_series_predicts_unknown_and_refits_on_new_ones(model):
+    """A rule whose query returned nothing at its first fit (IndexError in score and refit before)."""
+    rule = RuleConfig(name="r", query="-", model=ModelConfig(type=model))
+    t, x = series(n=2, days=2)
+    fitted = RuleModel(rule).fit(Window([], t, np.empty((0, len(t)))))
+    s = fitted.score(Window(KEYS2, t, x), np.arange(len(t) - 3, len(t)))
+    assert np.isnan(s.score).all()
+    refitted = fitted.fit(Window(KEYS2, t[:-3], x[:, :-3]))
+    assert (refitted.score(Window(KEYS2, t, x), np.arange(len(t) - 3, len(t))).score < 1).all()
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_infinities_in_a_window_are_missing_as_in_the_frame(model):
+    """The live frame stores ±Inf as missing; a backtest passes raw values: both must fit the same model
+    (expected ±inf and infinite scales before)."""
+    t, x = series(n=2, days=2)
+    x[0, ::97], x[1, 5::89], x[0, -5] = np.inf, -np.inf, np.inf
+    cols = np.arange(len(t) - 10, len(t))
+    raw = fit_score(model, t, x, len(t) - 10, cols)
+    as_missing = fit_score(model, t, np.where(np.isinf(x), np.nan, x), len(t) - 10, cols)
+    np.testing.assert_array_equal(raw.expected, as_missing.expected)
+    np.testing.assert_array_equal(raw.upper, as_missing.upper)
+    assert np.isfinite(raw.expected).all()
+    assert raw.score[0, 5] == np.inf  # the Inf value itself is infinitely far out, as calibrate says
+
+
+def test_sums_beyond_the_float_range_are_unknown_not_infinite():
+    t, x = series(n=2, days=1)
+    x[0] = np.where(np.arange(len(t)) % 2, 1.7e308, -1.7e308)  # residuals of ±3.4e308 overflow
+    x[1, -30:] = 1.7e308  # a profile near 0 plus a level of 1.7e308 is fine; nothing may become ±inf
+    p = (
+        SeasonalBaseline(min_history=0)
+        .fit(Window(KEYS2, t, x))
+        .predict(Window(KEYS2, t, x), np.arange(len(t) - 5, len(t)))
+    )
+    assert not np.isinf(p.expected).any() and not np.isinf(p.scale).any()
+    assert np.isnan(p.scale[0]).all()  # its spread overflowed: unknown
+
+
+@pytest.mark.parametrize("big", [1e9, 1e15, 1e160])
+def test_one_huge_residual_does_not_spoil_the_forests_later_features(big):
+    """The rolling means and spreads come from running sums: a 1e9 residual made every later spread
+    wrong by up to 1.8 (rounding in the sum of squares), a 1e160 one made them NaN (overflow)."""
+    from exporter.detectors.iforest import features
+
+    z = np.random.default_rng(0).normal(size=(1, 400))
+    t = 60 * np.arange(400)
+    spiked, missing = z.copy(), z.copy()
+    spiked[0, 10], missing[0, 10] = big, np.nan
+    later = slice(10 + 60, None)  # windows (5, 15, 60) that no longer hold the spike
+    with np.errstate(over="ignore", invalid="ignore"):
+        a = features(spiked, t, (5, 15, 60))[:, later]
+    np.testing.assert_allclose(a, features(missing, t, (5, 15, 60))[:, later], atol=1e-6)

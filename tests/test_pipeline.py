@@ -272,3 +272,34 @@ def test_after_a_deploy_at_the_series_cap_the_new_series_take_the_old_ones_place
     h = store.health()["web"]
     assert h.series == 4 and h.dropped == 0
     assert {dict(lbl)["pod"] for lbl in store.snapshots()["web"].labels} == {f"new-{i}" for i in range(4)}
+
+
+class Late:
+    """No series at all until `appear` (a metric not exported yet when the rule starts), then one."""
+
+    def __init__(self, appear):
+        self.appear = appear
+
+    def query_range(self, query, start, end, step, *, keep=None, series_hint=1):
+        ts = np.arange(int(start) // 60 * 60, int(end) // 60 * 60 + 1, 60, dtype=np.int64)
+        key = (("__name__", "m"), ("s", "late"))
+        if ts[-1] < self.appear or (keep is not None and not keep(key)):
+            return RangeResult(keys=[], timestamps=ts, values=np.empty((0, len(ts))), dropped=0, warnings=())
+        values = np.where(ts >= self.appear, 10 + np.sin(ts / 600.0), np.nan)[None, :]
+        return RangeResult(keys=[key], timestamps=ts, values=values, dropped=0, warnings=())
+
+
+def test_a_rule_whose_first_fit_saw_no_series_scores_them_once_they_appear():
+    # The seasonal model fitted on no series raised IndexError on every cycle once a series appeared,
+    # so the rule stayed down (and the early refit never ran) until its next `retrain`.
+    clock = Clock(T0)
+    store = Store()
+    runner = RuleRunner(rule(query="m", history=86400, retrain=86400), Late(T0 + 600), store, clock=clock)
+    runner.fit_job()
+    assert store.health()["web"].errors == {}
+    for minutes in range(11, 75):
+        clock.now = T0 + 60 * minutes
+        runner.score_job()
+        assert store.health()["web"].up, store.health()["web"].last_error
+    assert store.health()["web"].errors == {}
+    assert [dict(lbl)["s"] for lbl in store.snapshots()["web"].labels] == ["late"]  # warm: refitted early

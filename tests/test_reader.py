@@ -407,6 +407,40 @@ def test_points_off_the_grid_are_ignored(
     assert "ignored 2 point(s) off the 60s step grid" in caplog.text
 
 
+def test_duplicate_timestamps_in_one_series_last_point_wins(rsps: responses.RequestsMock) -> None:
+    # numpy leaves the result of assigning one cell twice through fancy indexing unspecified: the reader
+    # must pick the last point itself, as it does for a series repeated in one response
+    points = [(T0, "1"), (T0, "5"), (T0 + 60, "2"), (T0 + 60, "7"), (T0 + 60, "8"), (T0 + 120, "3")]
+    rsps.get(ENDPOINT, json=matrix([({"job": "a"}, points), ({"job": "b"}, [(T0, "9"), (T0, "4")])]))
+    result = make().query_range("up", T0, T0 + 120, 60)
+    assert_vals(result.values[0], [5, 8, 3])
+    assert_vals(result.values[1], [4, math.nan, math.nan])
+
+
+def test_points_out_of_order_land_on_their_own_times(rsps: responses.RequestsMock) -> None:
+    rsps.get(ENDPOINT, json=matrix([({"job": "a"}, [(T0 + 120, "3"), (T0, "1"), (T0 + 60, "2")])]))
+    assert_vals(make().query_range("up", T0, T0 + 120, 60).values[0], [1, 2, 3])
+
+
+def test_points_a_millisecond_off_the_grid_are_ignored_and_float_grid_times_kept(
+    rsps: responses.RequestsMock, caplog: pytest.LogCaptureFixture
+) -> None:
+    points: list[tuple[Any, str]] = [(T0 + 0.001, "1"), (T0 + 60.0, "2"), (T0 + 119.999, "3"), (T0 - 60, "0")]
+    points += [(T0 + 120, "4"), (T0 + 120, "5"), (1e30, "6"), (math.nan, "7")]
+    rsps.get(ENDPOINT, json=matrix([({"job": "a"}, points)]))
+    result = make().query_range("up", T0, T0 + 120, 60)
+    assert_vals(result.values[0], [math.nan, 2, 5])
+    assert "ignored 5 point(s) off the 60s step grid" in caplog.text
+
+
+def test_a_value_that_is_not_a_number_is_an_unavailable_error_naming_the_query(
+    rsps: responses.RequestsMock,
+) -> None:
+    rsps.get(ENDPOINT, json=matrix([({"job": "a"}, [(T0, "1"), (T0 + 60, "n/a")])]))
+    with pytest.raises(UnavailableError, match=r"query 'up': unexpected response shape .*'n/a'"):
+        make().query_range("up", T0, T0 + 60, 60)
+
+
 def test_warnings_are_collected_across_chunks_without_duplicates(rsps: responses.RequestsMock) -> None:
     rsps.get(ENDPOINT, json=matrix([({"a": "1"}, [(T0, "1")])], warnings=["partial response: store down"]))
     rsps.get(

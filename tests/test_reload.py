@@ -96,3 +96,48 @@ def test_reload_endpoint_is_off_without_the_lifecycle_flag(tmp_path, exporter):
     rules_file(rules, f"http://127.0.0.1:{free_port()}", "a")
     _, url = exporter(rules)
     assert requests.post(f"{url}/-/reload", timeout=5).status_code == 403
+
+
+# Files that made the loader raise something other than ConfigError: a reload then answered "A server error
+# occurred", was not counted as failed, and anomaly_exporter_config_last_reload_successful stayed 1.
+CRASHED_THE_LOADER = {
+    "a control character": (
+        "prometheus: {url: http://p}\x08\nrules: [{name: z, query: up}]\n",
+        ":1:28: unacceptable",
+    ),
+    "nesting 1,000 deep": (
+        "prometheus: {url: http://p}\nrules: " + "[" * 1000 + "]" * 1000,
+        "nested deeper than",
+    ),
+    "a bad IPv6 URL": (
+        "prometheus: {url: 'http://[::1'}\nrules: [{name: z, query: up}]\n",
+        "prometheus.url: must",
+    ),
+    "a 400-digit duration": (
+        "prometheus: {url: http://p}\nrules: [{name: z, query: up, interval: " + "9" * 400 + "s}]\n",
+        "rules[0].interval: invalid duration",
+    ),
+    "an impossible date": (
+        "prometheus: {url: http://p}\nrules: [{name: z, query: up, labels: {d: 2001-02-30}}]\n",
+        "a value cannot be read",
+    ),
+}
+
+
+def test_reloading_files_that_crashed_the_loader_is_rejected_and_counted(tmp_path, exporter):
+    rules = tmp_path / "rules.yaml"
+    rules_file(rules, f"http://127.0.0.1:{free_port()}", "a")
+    proc, url = exporter(rules, "--web.enable-lifecycle")
+    for i, (text, error) in enumerate(CRASHED_THE_LOADER.values(), start=1):
+        rules.write_text(text)
+        r = requests.post(f"{url}/-/reload", timeout=10)
+        assert r.status_code == 500 and error in r.text, r.text
+        assert gauges(url)[("anomaly_exporter_config_reloads_total", (("result", "failure"),))] == i
+        assert gauges(url)[("anomaly_exporter_config_last_reload_successful", ())] == 0
+        assert rules_running(url) == {"a"}
+    os.kill(proc.pid, signal.SIGHUP)  # the same through SIGHUP (its own thread)
+    wait_until(
+        lambda: gauges(url)[("anomaly_exporter_config_reloads_total", (("result", "failure"),))] == i + 1,
+        timeout=10,
+    )
+    assert proc.poll() is None and rules_running(url) == {"a"}

@@ -16,7 +16,7 @@ import numpy as np
 from sklearn.ensemble import IsolationForest
 
 from exporter.detectors.base import Detector, Prediction
-from exporter.detectors.seasonal import SeasonalBaseline
+from exporter.detectors.seasonal import SeasonalBaseline, finite
 from exporter.frame import Window
 
 if TYPE_CHECKING:
@@ -24,6 +24,11 @@ if TYPE_CHECKING:
 
 DAY = 86400
 _FIT_CELLS = 2_000_000  # series × columns whose features a pooled forest is fitted on (bounds memory)
+# Residuals are capped here before the running sums of the rolling statistics: one residual of 1e9σ (a
+# bad sample on a quiet series) left ~1e18 in the running sum of squares, whose rounding spoiled the
+# spread of every later window (1e160 made it NaN). One capped value still puts any window's mean and
+# spread beyond the features' clip of 50 (1e4 / 60 points > 50), with sums small enough to stay exact.
+_Z_CAP = 1e4
 
 
 def _trailing(z: np.ndarray, w: int) -> tuple[np.ndarray, np.ndarray]:
@@ -49,8 +54,9 @@ def features(z: np.ndarray, t: np.ndarray, windows: tuple[int, ...]) -> np.ndarr
     its change since the previous point, and the time of day."""
     n, n_t = z.shape
     cols = [np.clip(z, -50, 50)]
+    capped = np.clip(z, -_Z_CAP, _Z_CAP)
     for w in windows:
-        mean, std = _trailing(z, w)
+        mean, std = _trailing(capped, w)
         cols += [np.clip(mean, -50, 50), np.clip(std, 0, 50)]
     diff = np.full_like(z, np.nan)
     diff[:, 1:] = z[:, 1:] - z[:, :-1]
@@ -141,7 +147,7 @@ class IsolationForestDetector(Detector):
             sample = np.sort(rng.choice(n, max(1, _FIT_CELLS // len(span)), replace=False))
             window = window.subset(sample)
         p = self.baseline_.predict(window, span)
-        z = (window.cols(span) - p.expected) / p.scale
+        z = (finite(window.cols(span)) - p.expected) / p.scale
         feats = features(z, window.timestamps[span], self.windows)[:, ctx:]
         split = max(feats.shape[1] - per_day, feats.shape[1] // 2)
         self.center_ = np.full(n, np.nan)
@@ -210,14 +216,14 @@ class IsolationForestDetector(Detector):
         columns = np.asarray(columns, dtype=np.int64)
         rows = self._fitted_rows(window.keys)
         n, k = len(window.keys), len(columns)
-        if k == 0:
+        if k == 0 or not len(self.center_):  # nothing asked, or fitted on no series: the baseline's NaN
             return self.baseline_.predict(window, columns)
         # one baseline prediction over the asked columns and the trailing context their features need
         ctx = max(self.windows)
         lo = max(0, int(columns.min()) - ctx + 1)
         span = np.arange(lo, int(columns.max()) + 1)
         p = self.baseline_.predict(window, span)
-        z = (window.cols(span) - p.expected) / p.scale
+        z = (finite(window.cols(span)) - p.expected) / p.scale
         feats = features(z, window.timestamps[span], self.windows)[:, columns - lo]
         raw = np.full((n, k), np.nan)
         for i, forest in enumerate(self.forests_):

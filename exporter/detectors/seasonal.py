@@ -99,12 +99,12 @@ class SeasonalBaseline(Detector):
         self.jumps_ = np.zeros((n, 7))  # level step entering each weekday (Monday = 0) at UTC midnight
         self.ref_day_ = int(window.timestamps[-1]) // DAY if n_t else 0  # day where the summed jumps are 0
         carried = np.full((n, 7), np.nan)
-        if previous is not None and hasattr(previous, "jumps_"):
+        if previous is not None and hasattr(previous, "jumps_") and len(previous.jumps_):
             before = previous._fitted_rows(window.keys)
             carried = np.where((before >= 0)[:, None], previous.jumps_[np.maximum(before, 0)], np.nan)
         counts = np.zeros(n, dtype=np.int64)
         rows_per_chunk = max(1, _CHUNK_CELLS // max(n_t, 1))
-        for lo in range(0, n, rows_per_chunk):
+        for lo in range(0, n if n_t else 0, rows_per_chunk):  # no columns: nothing learnt, all unknown
             rows = slice(lo, min(n, lo + rows_per_chunk))
             counts[rows] = self._fit_rows(window, rows, candidates, carried[rows])
         warm = counts * step >= self.min_history
@@ -157,7 +157,7 @@ class SeasonalBaseline(Detector):
         self, window: Window, rows: slice, candidates: list[int], carried: np.ndarray
     ) -> np.ndarray:
         """Fit the series `rows`; returns how many points each has."""
-        x = window.rows(rows)
+        x = finite(window.rows(rows))
         t = window.timestamps
         best_sigma = None
         for period in candidates:  # shortest first: a longer period must beat the best so far
@@ -260,10 +260,12 @@ class SeasonalBaseline(Detector):
     # -- prediction ------------------------------------------------------------------------------
     def predict(self, window: Window, columns: np.ndarray) -> Prediction:
         rows = self._fitted_rows(window.keys)
-        known = rows >= 0
-        r = np.where(known, rows, 0)
         columns = np.asarray(columns, dtype=np.int64)
         k = len(columns)
+        if not len(self.level_):  # fitted on no series (the query returned none yet): all unknown
+            return Prediction(expected=np.full((len(rows), k), np.nan), scale=np.full((len(rows), k), np.nan))
+        known = rows >= 0
+        r = np.where(known, rows, 0)
         t = window.timestamps
         slot_of = self._slots(t, self.slot_period_) if self.slot_period_ else np.zeros(len(t), np.int64)
         # deseasonalised values over the span the trailing windows need
@@ -272,7 +274,7 @@ class SeasonalBaseline(Detector):
         span = np.arange(lo, hi)
         jumps = self.jumps_[r]
         season_span = self.profile_[r][:, slot_of[span]] + self._offsets(jumps, t[span])
-        deseason = window.cols(slice(lo, hi)) - season_span
+        deseason = finite(window.cols(slice(lo, hi))) - season_span
         level = np.empty((len(rows), k))
         for i, col in enumerate(columns):  # one vectorized median per predicted column (few per cycle)
             a, b = max(lo, col - self.level_cols_) - lo, col - lo
@@ -283,7 +285,17 @@ class SeasonalBaseline(Detector):
         scale = self.scale_[r][:, self._hours(t[columns])]
         expected[~known] = np.nan
         scale[~known] = np.nan
+        # near the float range's ends (±1e308) sums overflow: such a point is unknown, never ±Inf
+        expected[np.isinf(expected)] = np.nan
+        scale[np.isinf(scale)] = np.nan
         return Prediction(expected=expected, scale=scale)
+
+
+def finite(x: np.ndarray) -> np.ndarray:
+    """`x` with ±Inf read as missing, as the live frame stores them: x/0 or histogram_quantile's +Inf
+    carries no level (a backtest and direct callers pass raw values). A copy only if there is an Inf."""
+    inf = np.isinf(x)
+    return np.where(inf, np.nan, x) if inf.any() else x
 
 
 def _cube(x: np.ndarray, slots: np.ndarray, n_slots: int) -> tuple[np.ndarray, np.ndarray]:
