@@ -31,7 +31,7 @@ class Exporter:
             )  # fmt: skip
 
     def scored(self) -> int | None:
-        """Series with an anomaly_score, once /-/ready says ready; None before."""
+        """SERIES once /-/ready says ready and every series has an anomaly_score; None before."""
         try:
             if requests.get(f"http://127.0.0.1:{self.port}/-/ready", timeout=2).status_code != 200:
                 return None
@@ -41,7 +41,7 @@ class Exporter:
         samples = [
             s for f in text_string_to_metric_families(text) for s in f.samples if s.name == "anomaly_score"
         ]
-        return len(samples) or None
+        return len(samples) if len(samples) == SERIES else None  # ready comes just before the scores
 
     def kill(self) -> None:
         if self.proc.poll() is None:
