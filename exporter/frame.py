@@ -10,6 +10,7 @@ Readers get float64 back, one block at a time, through `Window`.
 from __future__ import annotations
 
 import threading
+import warnings
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from typing import TYPE_CHECKING
@@ -371,19 +372,46 @@ class SeriesFrame:
         return added
 
     def _encode(self, rows: np.ndarray, block: np.ndarray) -> np.ndarray:
-        """float32 offsets of `block` (rows `rows`) from their series' reference; sets missing references."""
+        """float32 offsets of `block` (rows `rows`) from their series' reference; sets missing references.
+
+        A series whose reference turns out far from its values (a first point of 1e300 or 1e-300, a uint64
+        sentinel, then ordinary values) is re-referenced to the median of the new values and its stored
+        history re-encoded, so it keeps full resolution; offsets beyond float32's range still saturate.
+        """
         base = self._base[rows]
         new = np.isnan(base)
         if new.any():
             has = ~np.isnan(block[new])
             first = block[new][np.arange(int(new.sum())), has.argmax(axis=1)]  # NaN for rows with no data
-            mantissa, exponent = np.frexp(first)
-            scale = np.where(np.isfinite(first) & (mantissa != 0), np.ldexp(1.0, exponent), 1.0)
-            self._base[rows[new]], self._scale[rows[new]] = first, scale
-            base = self._base[rows]
-        encoded = (block - base[:, None]) / self._scale[rows][:, None]
-        np.clip(encoded, -_F32_MAX, _F32_MAX, out=encoded)  # beyond float32: saturate, never become ±Inf
+            self._set_reference(rows[new], first)
+        encoded = self._offsets(rows, block)
+        with np.errstate(invalid="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows: NaN, not an error
+            error = np.nanmax(
+                np.abs(encoded * self._scale[rows][:, None] + self._base[rows][:, None] - block), 1
+            )
+            typical = np.nanmedian(np.abs(block), axis=1)
+            median = np.nanmedian(block, axis=1)
+            far = (error > 2.0**-20 * typical) & (np.abs(median - self._base[rows]) > 2.0**-20 * typical)
+        for i in np.flatnonzero(far):  # rare: one row at a time
+            row = int(rows[i])
+            cols = slice(self._lo, self._hi)
+            history = self._buf[row, cols] * self._scale[row] + self._base[row]
+            self._set_reference(np.array([row]), np.array([median[i]]))
+            self._buf[row, cols] = self._offsets(np.array([row]), history[None, :])[0]
+            encoded[i] = self._offsets(np.array([row]), block[i : i + 1])[0]
         return encoded.astype(np.float32)
+
+    def _set_reference(self, rows: np.ndarray, value: np.ndarray) -> None:
+        mantissa, exponent = np.frexp(value)
+        ok = np.isfinite(value) & (mantissa != 0)
+        self._base[rows] = value
+        self._scale[rows] = np.where(ok, np.ldexp(1.0, exponent - 1), 1.0)  # 2^(e-1) <= |value|: finite
+
+    def _offsets(self, rows: np.ndarray, block: np.ndarray) -> np.ndarray:
+        encoded = (block - self._base[rows][:, None]) / self._scale[rows][:, None]
+        np.clip(encoded, -_F32_MAX, _F32_MAX, out=encoded)  # beyond float32: saturate, never become ±Inf
+        return encoded
 
     def _rows_for(self, keys: Sequence[SeriesKey]) -> tuple[list[int], list[int], int]:
         rows: list[int] = []

@@ -172,13 +172,25 @@ def test_stored_values_keep_their_resolution(level, noise):
     assert got[0, 0] == values[0, 0]
 
 
-def test_values_beyond_float32_offsets_saturate_instead_of_becoming_infinite():
+def test_a_series_far_from_its_first_value_is_re_referenced():
+    """1 then 1e300: the new values read back exactly; the old ones stay finite (beyond float32's range
+    from the new reference they saturate instead of becoming infinite)."""
     f = SeriesFrame(step=60, capacity=10, max_series=1)
     f.merge(result([key(0)], 0, 3, fill=1.0))
-    r = result([key(0)], 180, 2, fill=1e300)
-    f.merge(r)
+    f.merge(result([key(0)], 180, 2, fill=1e300))
     got = f.window().values[0]
-    assert np.isfinite(got).all() and got[-1] > 1e38 and got[0] == 1.0
+    assert np.isfinite(got).all() and got[-2:].tolist() == [1e300, 1e300]
+
+
+@pytest.mark.parametrize("first", [1e300, 1e-300, 1.8e19, -7e15])
+def test_an_extreme_first_value_does_not_spoil_later_resolution(first):
+    f = SeriesFrame(step=60, capacity=100, max_series=1)
+    r = result([key(0)], 0, 1, fill=first)
+    f.merge(r)
+    values = 100 + np.random.default_rng(0).normal(0, 1, size=(1, 30))
+    f.merge(RangeResult([key(0)], 60 + 60 * np.arange(30, dtype=np.int64), values.copy(), 0, ()))
+    got = f.window().values[0, 1:]
+    np.testing.assert_allclose(got, values[0], rtol=1e-6)
 
 
 def test_hiding_flagged_points_only_where_they_are_rare():
