@@ -6,6 +6,7 @@ import json
 import logging
 import math
 import random
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ SeriesKey = tuple[tuple[str, str], ...]  # sorted (label, value) pairs of a seri
 MAX_POINTS_PER_SERIES = 10_000  # per request; Prometheus rejects more than 11,000
 POST_QUERY_LENGTH = 2_000  # longer queries go in a form-encoded POST body (URLs have length limits)
 _READ_SIZE = 1 << 20  # bytes asked of each read of a response body
+FRESH_KEYS_POINTS = 100_000  # from this many points parsed by one query, keys get fresh strings (_fresh_key)
 _BACKOFF_BASE, _BACKOFF_CAP, _RETRY_AFTER_CAP = 0.5, 10.0, 30.0
 _RETRIED_ERRORS = (
     requests.ConnectionError,
@@ -297,6 +299,7 @@ class _Merger:
         self.rows: dict[SeriesKey, int] = {}  # every distinct series seen; -1 = rejected by keep
         self.dropped = 0
         self.off_grid = 0
+        self.parsed = 0  # points in the responses, kept or not
         self.warnings: dict[str, None] = {}  # ordered set
         # Grown in place (ndarray.resize) rather than stacked at the end, so peak memory stays ~1x the result.
         self.values = np.full((0, n_t), np.nan)
@@ -331,6 +334,7 @@ class _Merger:
             points = series.get("values")  # absent for native-histogram-only series: nothing to store
             if not points:
                 continue
+            self.parsed += len(points)
             key: SeriesKey = tuple(sorted(series["metric"].items()))
             row = self.rows.get(key)
             if row is None:
@@ -390,7 +394,20 @@ class _Merger:
                 self.step,
             )
         timestamps = self.first + self.step * np.arange(self.n_t, dtype=np.int64)
-        return RangeResult(self.keys, timestamps, self.values, self.dropped, tuple(self.warnings))
+        keys = self.keys if self.parsed < FRESH_KEYS_POINTS else [_fresh_key(k) for k in self.keys]
+        return RangeResult(keys, timestamps, self.values, self.dropped, tuple(self.warnings))
+
+
+def _fresh_key(key: SeriesKey) -> SeriesKey:
+    """The same labels in newly allocated strings.
+
+    A key's strings come from the parsed JSON, allocated in between the millions of short-lived point
+    objects of a large response. A rule keeps its series' keys for as long as they exist, and each one left
+    in a 1 MiB small-object arena keeps the whole arena (CPython frees only empty ones): at 1,000 series the
+    keys of one history load held ~80 MB of otherwise empty arenas for good (benchmarks/soak.py). Copied
+    once the response is gone (0.5 µs per series), they take a few arenas of their own.
+    """
+    return tuple((sys.intern(name.encode().decode()), value.encode().decode()) for name, value in key)
 
 
 def _shorten(query: str, limit: int = 200) -> str:

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import base64
+import gc
 import itertools
 import json
 import logging
 import math
 import random
+import re
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -377,6 +380,33 @@ def test_keep_caps_a_50000_series_response_to_1000_rows(rsps: responses.Requests
     assert result.values.shape == (1_000, 4) and result.values.nbytes == 1_000 * 4 * 8
     assert result.dropped == 49_000 and len(result.keys) == 1_000
     assert not np.isnan(result.values).any()
+
+
+def pymalloc_arenas(capfd: pytest.CaptureFixture[str]) -> int:
+    """Small-object arenas (1 MiB each) CPython holds now, from sys._debugmallocstats() on stderr."""
+    capfd.readouterr()
+    sys._debugmallocstats()
+    found = re.search(r"# arenas allocated current\s*=\s*([\d,]+)", capfd.readouterr().err)
+    if found is None:
+        pytest.skip("no pymalloc statistics in this Python")
+    return int(found.group(1).replace(",", ""))
+
+
+def test_keys_of_a_large_result_do_not_keep_the_parsed_response_in_memory(
+    rsps: responses.RequestsMock, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """A history load's keys outlive its parsed JSON. Were they the strings json.loads made, each would pin
+    the arena it sits in among the response's millions of point objects (soak: ~80 MB at 1,000 series)."""
+    n, n_t = 400, 500  # 200,000 points: ~40 arenas of parsed JSON
+    serve_generated(rsps, {f"s{i:05d}": lambda t: True for i in range(n)})
+    reader = make()
+    gc.collect()
+    before = pymalloc_arenas(capfd)
+    keys = reader.query_range("m", T0, T0 + (n_t - 1) * 60, 60).keys
+    gc.collect()
+    assert len(keys) == n and keys[7] == key(__name__="m", series="s00007")
+    grown = pymalloc_arenas(capfd) - before
+    assert grown < 10, grown  # 37 when the keys kept the parsed strings
 
 
 def test_duplicate_series_in_one_response_last_point_wins(rsps: responses.RequestsMock) -> None:
