@@ -132,6 +132,7 @@ class Report:
     log_records: Counter[str] = field(default_factory=Counter)  # level -> count
     log_messages: Counter[str] = field(default_factory=Counter)  # "LEVEL template" -> count (exporter.*)
     faults: Counter[str] = field(default_factory=Counter)
+    long_range_faults: Counter[str] = field(default_factory=Counter)  # on history loads and backfills
     requests: int = 0
     points: int = 0
     reloads: Counter[str] = field(default_factory=Counter)
@@ -506,7 +507,7 @@ class Soak:
         self._bank_errors()
         for _, errors in self._pending_errors.values():
             r.errors.update(errors)
-        r.faults = self.prometheus.faults
+        r.faults, r.long_range_faults = self.prometheus.faults, self.prometheus.long_range_faults
         r.requests, r.points = self.prometheus.requests, self.prometheus.points
         r.churn = (self.world.appeared, self.world.vanished)
         r.alerts = Counter(
@@ -702,6 +703,8 @@ def format_report(r: Report, command: str) -> str:
         + (", ".join(f"{k} {v}" for k, v in sorted(r.errors.items())) or "none"),
         f"Faults injected ({r.requests} HTTP attempts, {r.points:,} points served): "
         + ", ".join(f"{k} {v}" for k, v in sorted(r.faults.items())),
+        "    of them on requests over more than an hour (history loads, backfills): "
+        + (", ".join(f"{k} {v}" for k, v in sorted(r.long_range_faults.items())) or "none"),
         "Log records: " + ", ".join(f"{k} {v}" for k, v in sorted(r.log_records.items())),
         *(f"    {v} x {k[:100]!r}" for k, v in r.log_messages.most_common(12)),
         "Reloads: "
