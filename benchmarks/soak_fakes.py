@@ -167,6 +167,7 @@ class FakePrometheus:
         self.requests = 0
         self.points = 0  # points served
         self.faults: Counter[str] = Counter()
+        self.long_range_faults: Counter[str] = Counter()  # those on requests spanning more than an hour
 
     def close(self) -> None:
         pass
@@ -184,6 +185,8 @@ class FakePrometheus:
             kind = ""
         if kind:
             self.faults[kind] += 1
+            if float(params.get("end", 0)) - float(params.get("start", 0)) > 3600:  # history or backfill
+                self.long_range_faults[kind] += 1
         if kind in ("timeout",):
             raise requests.Timeout("injected: read timed out")
         if kind in ("connection", "outage_connection"):
