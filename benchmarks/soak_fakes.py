@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import random
@@ -23,6 +24,7 @@ from urllib.parse import parse_qs
 
 import numpy as np
 import requests
+import urllib3
 from requests.structures import CaseInsensitiveDict
 
 from exporter.notification import Batch
@@ -251,7 +253,8 @@ class FakePrometheus:
 def _response(status: int, content: bytes, headers: Mapping[str, str] | None = None) -> requests.Response:
     resp = requests.Response()
     resp.status_code = status
-    resp._content = content
+    # stream=True reads go through resp.raw (the reader bounds the whole answer by its timeout)
+    resp.raw = urllib3.response.HTTPResponse(body=io.BytesIO(content), preload_content=False, status=status)
     resp.headers = CaseInsensitiveDict({"Content-Type": "application/json", **(headers or {})})
     resp.reason = {200: "OK", 400: "Bad Request", 429: "Too Many Requests", 500: "Internal Server Error"}.get(
         status, "Service Unavailable"
