@@ -25,6 +25,7 @@ from exporter.logs import setup_logging
 from exporter.modelstate import ModelStore
 from exporter.notify import Notifier
 from exporter.pipeline import Source
+from exporter.reloader import Reloader
 from exporter.scheduler import Scheduler
 from exporter.server import WebApp, WebServer, parse_listen_address
 from exporter.sharding import Shard, ShardError, parse_shard
@@ -249,29 +250,10 @@ def serve(
         store, source_factory, workers=workers, alerting=alerting, shard=shard, models=models
     )
     scheduler.apply(config)
-    reload_lock = threading.Lock()
-    receivers = config.receivers
+    reloader = Reloader(reload, scheduler, alerting, store, config.receivers) if reload is not None else None
 
     def do_reload() -> str | None:
-        if reload is None:
-            return "this mode has no rules file to reload"
-        with reload_lock:
-            try:
-                new_config = reload()
-            except ConfigError as exc:
-                log.error("reload rejected, the previous rules keep running: %s", exc)
-                store.record_reload(False, "; ".join(exc.errors))
-                return str(exc)
-            nonlocal receivers
-            if new_config.receivers != receivers:  # pending batches of the old notifier fail and are re-sent
-                old = alerting.set_outbox(Notifier(new_config.receivers))
-                receivers = new_config.receivers
-                if isinstance(old, Notifier):
-                    threading.Thread(target=old.close, name="notifier-close", daemon=True).start()
-            scheduler.apply(new_config)
-            store.record_reload(True)
-            log.info("rules reloaded")
-            return None
+        return reloader() if reloader is not None else "this mode has no rules file to reload"
 
     app = WebApp(store, registry, reload=do_reload, enable_lifecycle=args.lifecycle, shard=shard)
     try:
