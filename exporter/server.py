@@ -37,23 +37,50 @@ MAX_BODY = 64 * 1024  # Content-Length: 413 beyond; bodies are read and ignored
 READ_TIMEOUT = 10.0  # seconds a connection may stay silent in the TLS handshake or the request head
 WRITE_TIMEOUT = 60.0  # seconds to hand a response (several MB of /metrics) to a slow reader
 STOP_GRACE = 5.0  # seconds stop() waits for connection threads after closing their sockets
+MAX_CONNECTIONS = 128  # open connections at once (--web.max-connections); more wait in the listen backlog
 
 
 class _ThreadingWSGIServer(ThreadingMixIn, WSGIServer):
     """One thread per connection (a stalled client holds only its own); TLS handshakes happen there too,
-    never in the accept loop. Connections are tracked so stop() can close them and wait for their threads."""
+    never in the accept loop. Connections are tracked so stop() can close them and wait for their threads.
+
+    At most `max_connections` are served at once: the accept loop then waits for one to end, and new clients
+    wait in the kernel's listen backlog (as behind Prometheus' --web.max-connections), so a flood of idle
+    connections costs a bounded number of threads; each is dropped after `read_timeout` of silence anyway."""
 
     daemon_threads = True
     block_on_close = False  # stop() joins, with a bound
     guard: WebGuard | None = None
     read_timeout = READ_TIMEOUT
+    max_connections = MAX_CONNECTIONS
+    request_queue_size = 128  # the listen backlog
 
     def server_activate(self) -> None:
         self.connections: dict[threading.Thread, socket.socket] = {}
         self.connections_lock = threading.Lock()
+        self.slots = threading.BoundedSemaphore(self.max_connections)
+        self.closing = threading.Event()
         super().server_activate()
 
+    def process_request(self, request: Any, client_address: Any) -> None:
+        # on the accept loop: wait for a free slot, but give up when stop() has begun (it waits for this loop)
+        while not self.slots.acquire(timeout=0.1):
+            if self.closing.is_set():
+                self.shutdown_request(request)
+                return
+        try:
+            super().process_request(request, client_address)  # starts process_request_thread
+        except BaseException:
+            self.slots.release()
+            raise
+
     def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            self._serve_connection(request, client_address)
+        finally:
+            self.slots.release()
+
+    def _serve_connection(self, request: Any, client_address: Any) -> None:
         me = threading.current_thread()
         with self.connections_lock:
             self.connections[me] = request
@@ -280,9 +307,19 @@ class WebServer:
         port: int,
         guard: WebGuard | None = None,
         read_timeout: float = READ_TIMEOUT,
+        max_connections: int = MAX_CONNECTIONS,
     ) -> None:
+        if max_connections < 1:
+            raise ValueError(f"invalid --web.max-connections {max_connections}: must be at least 1")
         server_class = _ThreadingWSGIServerV6 if ":" in host else _ThreadingWSGIServer
-        self._httpd = server_class((host, port), _Handler)
+        self._httpd = server_class((host, port), _Handler, bind_and_activate=False)
+        self._httpd.max_connections = max_connections  # read by server_activate
+        try:
+            self._httpd.server_bind()
+            self._httpd.server_activate()
+        except BaseException:
+            self._httpd.server_close()
+            raise
         self._httpd.guard = guard
         self._httpd.read_timeout = read_timeout
         self._httpd.set_app(bounded(guard.wrap(app) if guard is not None else app))
@@ -297,6 +334,7 @@ class WebServer:
 
     def stop(self) -> None:
         """Stop accepting, close open connections, and wait (STOP_GRACE at most) for their threads."""
+        self._httpd.closing.set()
         self._httpd.shutdown()
         self._httpd.server_close()
         with self._httpd.connections_lock:

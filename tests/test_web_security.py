@@ -49,7 +49,9 @@ def serve(tmp_path):
     """Start a WebServer (with the web config text given, if any); every one is stopped afterwards."""
     servers: list[WebServer] = []
 
-    def start(web_config: str | None = None, read_timeout: float = 10.0, **app_kw) -> Running:
+    def start(
+        web_config: str | None = None, read_timeout: float = 10.0, max_connections: int = 128, **app_kw
+    ) -> Running:
         store = Store()
         store.add_rule("r")
         store.update("r", ready=True)
@@ -61,7 +63,9 @@ def serve(tmp_path):
             web = tmp_path / f"web{len(servers)}.yml"
             web.write_text(web_config)
             guard = WebGuard(str(web), load_web_config(str(web)))
-        server = WebServer(app, "127.0.0.1", 0, guard=guard, read_timeout=read_timeout)
+        server = WebServer(
+            app, "127.0.0.1", 0, guard=guard, read_timeout=read_timeout, max_connections=max_connections
+        )
         server.start()
         servers.append(server)
         return Running(server, "https" if guard is not None and guard.tls else "http", web)
@@ -360,6 +364,49 @@ def test_a_stalled_client_blocks_nobody_and_is_dropped(serve, certs, tls):
         assert closed_by_server(stalled, within=5), "the server gives up on the silent client"
     finally:
         stalled.close()
+
+
+def test_connections_beyond_the_cap_wait_and_are_served_when_a_slot_frees(serve):
+    run = serve(read_timeout=30.0, max_connections=3)
+    before = threading.active_count()
+    idle = [run.raw() for _ in range(10)]  # a flood of silent connections
+    try:
+        time.sleep(0.5)
+        assert threading.active_count() - before == 3, "one thread per served connection, no more"
+        answer: list[int] = []
+
+        def scrape() -> None:
+            answer.append(requests.get(run.url + "/metrics", timeout=20).status_code)
+
+        waiting = threading.Thread(target=scrape)
+        waiting.start()
+        time.sleep(0.5)
+        assert not answer, "the 11th connection waits while 3 are being served"
+        for conn in idle:  # the flood goes away: the scrape is accepted and answered
+            conn.close()
+        waiting.join(10)
+        assert answer == [200]
+    finally:
+        for conn in idle:
+            conn.close()
+
+
+def test_stop_does_not_wait_for_a_slot_that_never_frees(serve):
+    run = serve(read_timeout=30.0, max_connections=1)
+    idle = [run.raw() for _ in range(3)]  # one served (silent), the others queued behind it
+    try:
+        time.sleep(0.3)
+        start = time.monotonic()
+        run.server.stop()
+        assert time.monotonic() - start < 2
+    finally:
+        for conn in idle:
+            conn.close()
+
+
+def test_max_connections_below_one_is_refused():
+    with pytest.raises(ValueError, match=r"--web\.max-connections 0"):
+        WebServer(WebApp(Store(), CollectorRegistry()), "127.0.0.1", 0, max_connections=0)
 
 
 def test_stop_closes_open_connections_and_waits_for_their_threads(certs, tmp_path):
