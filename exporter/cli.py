@@ -17,7 +17,7 @@ from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
-from exporter import __version__, backtest_cmd
+from exporter import __version__, backtest_cmd, healthcheck
 from exporter.alert_registry import Alerting
 from exporter.collector import AnomalyCollector
 from exporter.config import Config, ConfigError, PrometheusConfig, json_schema, load_config, parse_config
@@ -27,7 +27,7 @@ from exporter.notify import Notifier
 from exporter.pipeline import Source
 from exporter.reloader import Reloader
 from exporter.scheduler import Scheduler
-from exporter.server import WebApp, WebServer, parse_listen_address
+from exporter.server import MAX_CONNECTIONS, WebApp, WebServer, parse_listen_address
 from exporter.sharding import Shard, ShardError, parse_shard
 from exporter.store import Store
 from exporter.webconfig import WebConfigError, load_web_config
@@ -56,6 +56,13 @@ def build_parser() -> argparse.ArgumentParser:
             "--web.enable-lifecycle", dest="lifecycle", action="store_true", help="enable POST /-/reload"
         )
         web_config_flag(p)
+        p.add_argument(
+            "--web.max-connections",
+            dest="max_connections",
+            type=int,
+            default=MAX_CONNECTIONS,
+            help=f"connections served at once; more wait to be accepted (default {MAX_CONNECTIONS})",
+        )
         p.add_argument(
             "--log.level", dest="log_level", default="info", choices=["debug", "info", "warn", "error"]
         )
@@ -114,14 +121,21 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="run on a built-in synthetic source (no Prometheus needed)")
     serving_flags(demo)
     backtest_cmd.add_parser(sub)
+    healthcheck.add_parser(sub, DEFAULT_LISTEN)
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args_list = list(sys.argv[1:] if argv is None else argv)
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    args_list = list(argv)
     if not args_list or (args_list[0].startswith("-") and args_list[0] not in ("-h", "--help", "--version")):
         args_list.insert(0, "run")  # `anomaly-exporter --config.file x` means `run`
-    args = build_parser().parse_args(args_list)
+    return build_parser().parse_args(args_list)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    if args.command == "healthcheck":
+        return healthcheck.run(args, parse_args, parse_listen_address, DEFAULT_LISTEN)
     if args.command == "check":
         return _check(args.file, args.web_config_file)
     if args.command == "test-receiver":
@@ -257,7 +271,10 @@ def serve(
 
     app = WebApp(store, registry, reload=do_reload, enable_lifecycle=args.lifecycle, shard=shard)
     try:
-        server = WebServer(app, host, port, guard=guard)
+        server = WebServer(app, host, port, guard=guard, max_connections=args.max_connections)
+    except ValueError as exc:
+        print(exc, file=sys.stderr)
+        return 2
     except OSError as exc:
         print(f"cannot listen on {args.listen}: {exc}", file=sys.stderr)
         return 1

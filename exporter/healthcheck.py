@@ -1,0 +1,143 @@
+"""`anomaly-exporter healthcheck`: is the exporter on this host serving HTTP? For container HEALTHCHECKs.
+
+The container image has no curl, and a fixed probe URL breaks as soon as a user moves the port or turns on
+TLS or basic auth (--web.config.file). So the check reads the running exporter's own flags from its command
+line (/proc/<pid>/cmdline; pid 1 in a container) unless they are given, and then asks GET /-/healthy:
+- plain HTTP, or HTTPS when the web config has TLS. The certificate is not verified: this is a liveness
+  probe over loopback, as the kubelet's HTTPS probes are, not a client trusting the server;
+- 200 is healthy; so is 401 when the web config has basic auth users (the hashes cannot give a password,
+  and a server answering 401 is alive); with client certificates required, a handshake refused for want
+  of one proves the same.
+Exit status 0 healthy, 1 not (with the reason on stderr), 2 bad usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import os
+import ssl
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from exporter.webconfig import WebConfig, WebConfigError, load_web_config
+
+_REQUIRE_CERT = ("RequireAnyClientCert", "RequireAndVerifyClientCert")
+# what a TLS server that insists on a client certificate answers a client that has none (TLS 1.3 / 1.2)
+_NO_CLIENT_CERT = ("CERTIFICATE_REQUIRED", "HANDSHAKE_FAILURE", "BAD_CERTIFICATE")
+
+
+@dataclass(frozen=True)
+class Target:
+    host: str
+    port: int
+    web_config_file: str = ""
+
+
+def add_parser(sub: argparse._SubParsersAction, default_listen: str) -> None:
+    p = sub.add_parser(
+        "healthcheck",
+        help="exit 0 if the exporter on this host answers /-/healthy (for container HEALTHCHECKs)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--pid", type=int, default=1, help="process whose flags to read when not given (default 1)"
+    )
+    p.add_argument(
+        "--web.listen-address", dest="listen", default=None, help=f"default: the process' or {default_listen}"
+    )
+    p.add_argument("--web.config.file", dest="web_config_file", default=None, help="default: the process'")
+    p.add_argument("--timeout", type=float, default=4.0, help="seconds for the whole check (default 4)")
+
+
+def run(
+    args: argparse.Namespace,
+    parse_flags: Callable[[Sequence[str]], argparse.Namespace],
+    parse_listen: Callable[[str], tuple[str, int]],
+    default_listen: str,
+) -> int:
+    running = _flags_of(args.pid, parse_flags)
+    listen = args.listen or (running.listen if running is not None else default_listen)
+    web_config_file = args.web_config_file
+    if web_config_file is None:
+        web_config_file = running.web_config_file if running is not None else ""
+    try:
+        host, port = parse_listen(listen)
+    except ValueError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    try:
+        healthy, detail = check(Target(_loopback(host), port, web_config_file), args.timeout)
+    except WebConfigError as exc:
+        print(f"unhealthy: the web config cannot be used: {exc}", file=sys.stderr)
+        return 1
+    print(detail, file=sys.stdout if healthy else sys.stderr)
+    return 0 if healthy else 1
+
+
+def check(target: Target, timeout: float) -> tuple[bool, str]:
+    """(healthy, what was seen)."""
+    web = load_web_config(target.web_config_file) if target.web_config_file else WebConfig()
+    where = f"{target.host}:{target.port}"
+    conn: http.client.HTTPConnection
+    if web.tls is not None:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        conn = http.client.HTTPSConnection(target.host, target.port, timeout=timeout, context=context)
+        where = "https://" + where
+    else:
+        conn = http.client.HTTPConnection(target.host, target.port, timeout=timeout)
+        where = "http://" + where
+    try:
+        conn.request("GET", "/-/healthy", headers={"User-Agent": "anomaly-exporter-healthcheck"})
+        status = conn.getresponse().status
+    except ssl.SSLError as exc:
+        wants_cert = web.tls is not None and web.tls.client_auth_type in _REQUIRE_CERT
+        if wants_cert and any(reason in str(exc).upper() for reason in _NO_CLIENT_CERT):
+            return True, f"healthy: {where} serves TLS and asks for a client certificate ({exc.reason})"
+        return False, f"unhealthy: TLS with {where} failed: {exc}"
+    except (OSError, http.client.HTTPException) as exc:
+        return False, f"unhealthy: {where}/-/healthy: {type(exc).__name__}: {exc}"
+    finally:
+        conn.close()
+    if status == 200 or (status == 401 and web.users):
+        return True, f"healthy: {where}/-/healthy answered {status}"
+    return False, f"unhealthy: {where}/-/healthy answered {status}"
+
+
+def _flags_of(
+    pid: int, parse_flags: Callable[[Sequence[str]], argparse.Namespace]
+) -> argparse.Namespace | None:
+    """The serving flags of process `pid` if it is an anomaly-exporter (run or demo), else None."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            argv = [a.decode("utf-8", "replace") for a in fh.read().split(b"\0") if a]
+    except OSError:
+        return None
+    for i, arg in enumerate(argv):
+        if os.path.basename(arg) == "anomaly-exporter":
+            rest = argv[i + 1 :]
+            break
+        if arg == "-m" and i + 1 < len(argv) and argv[i + 1] == "exporter":
+            rest = argv[i + 2 :]
+            break
+    else:
+        return None
+    try:
+        parsed = parse_flags(rest)
+    except SystemExit:  # its flags do not parse as ours (another version?): fall back to the defaults
+        return None
+    if not hasattr(parsed, "listen"):  # check, schema, backtest...: nothing serves
+        return None
+    return parsed
+
+
+def _loopback(host: str) -> str:
+    if host in ("", "0.0.0.0"):
+        return "127.0.0.1"
+    if host == "::":
+        return "::1"
+    return host
