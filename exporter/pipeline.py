@@ -18,6 +18,7 @@ import numpy as np
 from exporter.alerting import Latest, RuleAlerts
 from exporter.config import RuleConfig
 from exporter.frame import SeriesFrame
+from exporter.memory import release_free_memory
 from exporter.model import RuleModel
 from exporter.modelstate import ModelStore
 from exporter.reader import RangeResult, SeriesKey
@@ -135,6 +136,7 @@ class RuleRunner:
             self._out.update(ready=True)  # ready = "finished its first fit or reported an error"
         finally:
             self._fit_lock.release()
+            release_free_memory()  # the fit's temporaries: give the pages back, or RSS drifts up
 
     def score_job(self) -> None:
         """Fetch what is new and publish fresh scores; until a first fit succeeds, keep trying to fit.
