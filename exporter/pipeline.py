@@ -101,6 +101,7 @@ class RuleRunner:
         self._early_refit = min(rule.retrain, max(300.0, 5 * rule.interval))
         self._models = models  # saved after every fit; a saved model lets a restart score at once
         self._restore_tried = False
+        self._resume_from: int | None = None  # where a failed long query left off (see _query_into_frame)
         # After a restore only the recent data is loaded first (enough to score); older history is
         # backfilled afterwards, newest first, up to this timestamp (None: nothing left to backfill).
         self._backfill_end: int | None = None
@@ -197,6 +198,8 @@ class RuleRunner:
                 dropped = self._load_history(history_start, end, recent)
             else:
                 start = max(history_start, last - self._overlap)
+                if self._resume_from is not None:  # a long load failed part-way: fill its hole first
+                    start = max(history_start, min(start, self._resume_from))
                 with self._frame_lock:
                     if len(self._frame) >= self.rule.max_series:  # full: free the rows of vanished series
                         self._frame.drop_absent(recent=self._stale_cols)
@@ -227,8 +230,8 @@ class RuleRunner:
         with self._frame_lock:
             self._frame.reserve(start, end)
         if recent is not None and recent > start:
+            self._backfill_end = recent - self._step  # set first: a failure below must not lose the rest
             self._query_into_frame(recent, end, kept.__contains__, max(1, len(kept)))
-            self._backfill_end = recent - self._step
         else:
             self._query_into_frame(start, end, kept.__contains__, max(1, len(kept)))
         return len(probe.keys) - len(kept)
@@ -292,11 +295,18 @@ class RuleRunner:
         cols = max(1, SLICE_POINTS // hint)
         for lo in range(start, end + 1, cols * self._step):
             hi = min(end, lo + (cols - 1) * self._step)
-            result = self._source.query_range(
-                self.rule.query, lo, hi, self._step, keep=keep, series_hint=hint
-            )
+            try:
+                result = self._source.query_range(
+                    self.rule.query, lo, hi, self._step, keep=keep, series_hint=hint
+                )
+            except Exception:
+                # the frame already spans [start, end] (reserved): without this, the slices not merged
+                # would stay a hole until they age out; the next fetch starts here instead
+                self._resume_from = lo
+                raise
             with self._frame_lock:
                 self._frame.merge(result)
+        self._resume_from = None
 
     def _score(self) -> None:
         model = self._model

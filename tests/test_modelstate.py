@@ -16,6 +16,7 @@ from exporter.frame import Window
 from exporter.model import RuleModel
 from exporter.modelstate import ModelStore, fingerprint
 from exporter.pipeline import RuleRunner
+from exporter.reader import UnavailableError
 from exporter.store import Store
 
 T0 = 1_760_000_000.0
@@ -209,6 +210,37 @@ def test_restart_scores_at_once_from_recent_data_then_backfills_newest_first(tmp
     got, ref = store.snapshots()["web"], reference_store.snapshots()["web"]
     assert got.labels == ref.labels
     np.testing.assert_allclose(got.expected, ref.expected, rtol=0.05)
+
+
+def test_restart_whose_recent_load_fails_still_gets_the_whole_history(tmp_path):
+    """The restarted rule's first query of the last 2 hours fails: the next cycle loads them, and the next
+    fit job backfills the older history (before, the older history was never loaded: a week-long hole)."""
+    models = ModelStore(tmp_path)
+    clock = Clock(T0 + 300)
+    RuleRunner(rule(), DemoSource(started_at=T0, clock=clock), Store(), clock=clock, models=models).fit_job()
+    clock.now += 600
+    reference = RuleRunner(rule(), DemoSource(started_at=T0, clock=clock), Store(), clock=clock)
+    reference.fit_job()
+
+    class FailSecond(Recording):  # the probe answers, the recent load does not
+        def query_range(self, query, start, end, step, **kw):
+            if len(self.calls) == 1:
+                self.calls.append((start, end))
+                raise UnavailableError("connection reset")
+            return super().query_range(query, start, end, step, **kw)
+
+    store = Store()
+    runner = RuleRunner(
+        rule(), FailSecond(DemoSource(started_at=T0, clock=clock)), store, clock=clock, models=models
+    )
+    runner.fit_job()
+    assert store.health()["web"].errors["query"] == 1
+    runner.score_job()  # the scheduler's next cycle: the last 2 hours, then scores
+    assert "web" in store.snapshots()
+    runner.fit_job()  # the next fit job: the older history
+    got, ref = runner._frame.window().values, reference._frame.window().values
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(ref))
+    assert not np.isnan(got).all(axis=0).any(), "no column of the week is empty"
 
 
 def test_restart_with_an_old_model_scores_first_then_refits(tmp_path):
