@@ -296,3 +296,21 @@ def test_one_huge_residual_does_not_spoil_the_forests_later_features(big):
     with np.errstate(over="ignore", invalid="ignore"):
         a = features(spiked, t, (5, 15, 60))[:, later]
     np.testing.assert_allclose(a, features(missing, t, (5, 15, 60))[:, later], atol=1e-6)
+
+
+@pytest.mark.parametrize("model", ["seasonal", "iforest"])
+@pytest.mark.parametrize("age_hours", [3, 8, 20])
+def test_a_series_younger_than_its_season_does_not_page_on_normal_data(model, age_hours):
+    """A new pod's series, hours old in a rule whose other series have days of history: the rule has a
+    daily profile, but this series has seen each time of day at most once. It used to learn its own noise
+    as a "profile" and then meet hours it had never seen at every refit: paged for most of its first day.
+    Now it is modelled without a profile until it spans two days, and a real spike still pages."""
+    t, x = series(n=6, days=4, seed=3)
+    end = len(t) - 60  # fit up to here, score the next hour
+    young = x.copy()
+    young[0, : end - age_hours * 60] = np.nan  # born age_hours before the fit
+    scored = fit_score(model, t, young, end, np.arange(end, len(t)))
+    assert (scored.score[0] < 1).all(), f"max score {np.nanmax(scored.score[0]):.2f} on normal data"
+    assert (scored.score[1:] < 1).all()
+    young[0, -3:] += 60  # a spike of 30 sigma in the same hour
+    assert fit_score(model, t, young, end, [len(t) - 1]).score[0, 0] >= 1

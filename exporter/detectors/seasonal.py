@@ -54,8 +54,8 @@ class SeasonalBaseline(Detector):
 
     Parameters
     ----------
-    seasonality : "auto" picks, per series, the longest period that the history covers twice and that
-        lowers the residual spread by at least `min_gain`; or force "none", "daily" or "weekly".
+    seasonality : "auto" picks, per series, the longest period that the series' own data spans twice and
+        that lowers the residual spread by at least `min_gain`; or force "none", "daily" or "weekly".
     level_window : seconds of recent data whose median residual shifts the profile (follows level changes).
     min_history : seconds of data a series needs in the training window before it is scored.
     bucket : seconds per profile slot (the profile is kept at this resolution, at least the step).
@@ -159,6 +159,7 @@ class SeasonalBaseline(Detector):
         """Fit the series `rows`; returns how many points each has."""
         x = finite(window.rows(rows))
         t = window.timestamps
+        covered = _covered(x, self.step_)
         best_sigma = None
         for period in candidates:  # shortest first: a longer period must beat the best so far
             profile = self._profile(x, t, period)
@@ -172,6 +173,11 @@ class SeasonalBaseline(Detector):
                 better = sigma < (1.0 - self.min_gain) * best_sigma
                 if self.seasonality != "auto":
                     better[:] = True
+                else:
+                    # as for the window (_candidates), a series must itself span the period twice: a
+                    # series younger than that would otherwise learn a "profile" of the slots it has seen
+                    # once (fitting its own noise, so a tiny sigma) and meet unseen slots every hour
+                    better &= covered >= 2 * period
             idx = np.flatnonzero(better)
             n_slots = self.profile_.shape[1]
             tiled = np.tile(profile, (1, n_slots // profile.shape[1]))
@@ -311,6 +317,15 @@ def _cube(x: np.ndarray, slots: np.ndarray, n_slots: int) -> tuple[np.ndarray, n
     padded = np.concatenate([x, np.full((x.shape[0], 1), np.nan)], axis=1)
     cube = padded.take(idx, axis=1)  # C-ordered (series, slot, sample): 5x faster than padded[:, idx] here
     return cube, (~np.isnan(cube)).sum(axis=-1)
+
+
+def _covered(x: np.ndarray, step: int) -> np.ndarray:
+    """Per series, the seconds from its first to its last point (gaps included); 0 without data."""
+    valid = ~np.isnan(x)
+    n_t = x.shape[1]
+    first = np.argmax(valid, axis=1)
+    last = n_t - 1 - np.argmax(valid[:, ::-1], axis=1)
+    return np.where(valid.any(axis=1), (last - first + 1) * step, 0)
 
 
 def _bucket(step: int, wanted: float) -> int:
