@@ -320,6 +320,10 @@ def _dict(value: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
+# history / step: 200,000 points is 23 days at 10 s, 138 days at 1 m; about 0.9 MB per series in memory
+MAX_POINTS_PER_SERIES = 200_000
+
+
 def _check_rule(checker: Checker, s: _Settings) -> None:
     """Checks between settings; reported where the user set the value, preferring the rule over `defaults`."""
 
@@ -344,6 +348,16 @@ def _check_rule(checker: Checker, s: _Settings) -> None:
         where = step_path or "defaults.step"
         checker.error(where, f"must be a whole number of seconds, at least 1s (got {format_duration(step)})")
     at_least("history", "step", 10, "be at least 10 × step")
+    (history, history_path) = s["history"]
+    if not any(isinstance(v, Invalid) for v in (history, step)) and step >= 1:
+        points = int(history // step)
+        if points > MAX_POINTS_PER_SERIES:
+            checker.error(
+                history_path or step_path or "defaults.history",
+                f"history {format_duration(history)} at step {format_duration(step)} is {points:,} points per"
+                f" series, over the limit of {MAX_POINTS_PER_SERIES:,} (each series keeps them all in memory):"
+                " use a longer step or a shorter history",
+            )
     at_least("retrain", "interval", 1, "be at least interval")
     at_least("model.level_window", "history", 1, "not exceed history", at_most=True)
     at_least("model.min_history", "history", 1, "not exceed history", at_most=True)

@@ -413,6 +413,18 @@ ERROR_CASES = [
         "rules[0].history: history must be at least 10 × step (history 1h, step 10m)",
     ),
     (
+        "history / step beyond the points a series may keep (a 1s step meant as 1m, say)",
+        with_rule("history: 30d, step: 1s"),
+        "rules[0].history: history 4w2d at step 1s is 2,592,000 points per series, over the limit of 200,000"
+        " (each series keeps them all in memory): use a longer step or a shorter history",
+    ),
+    (
+        "a step set on the rule is blamed when the history comes from defaults",
+        MINIMAL.replace("query: up", "query: up, step: 3s"),
+        "rules[0].step: history 1w at step 3s is 201,600 points per series, over the limit of 200,000"
+        " (each series keeps them all in memory): use a longer step or a shorter history",
+    ),
+    (
         "retrain < interval",
         with_rule("retrain: 30s"),
         "rules[0].retrain: retrain must be at least interval (retrain 30s, interval 1m)",
