@@ -352,11 +352,13 @@ def _check_rule(checker: Checker, s: _Settings) -> None:
     if not any(isinstance(v, Invalid) for v in (history, step)) and step >= 1:
         points = int(history // step)
         if points > MAX_POINTS_PER_SERIES:
+            paths = [p for p in (history_path, step_path) if p]
+            where = ([p for p in paths if p.startswith("rules")] + paths + ["defaults.history"])[0]
             checker.error(
-                history_path or step_path or "defaults.history",
-                f"history {format_duration(history)} at step {format_duration(step)} is {points:,} points per"
-                f" series, over the limit of {MAX_POINTS_PER_SERIES:,} (each series keeps them all in memory):"
-                " use a longer step or a shorter history",
+                where,
+                f"history {format_duration(history)} at step {format_duration(step)} is {points:,} points"
+                f" per series, over the limit of {MAX_POINTS_PER_SERIES:,} (each series keeps them all in"
+                " memory): use a longer step or a shorter history",
             )
     at_least("retrain", "interval", 1, "be at least interval")
     at_least("model.level_window", "history", 1, "not exceed history", at_most=True)

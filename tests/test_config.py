@@ -425,6 +425,14 @@ ERROR_CASES = [
         " (each series keeps them all in memory): use a longer step or a shorter history",
     ),
     (
+        "the rule's step is blamed, not the defaults' history that other rules use fine",
+        MINIMAL.replace("query: up}", "query: up, step: 5s}").replace(
+            "rules:", "defaults: {history: 30d}\nrules:"
+        ),
+        "rules[0].step: history 4w2d at step 5s is 518,400 points per series, over the limit of 200,000"
+        " (each series keeps them all in memory): use a longer step or a shorter history",
+    ),
+    (
         "retrain < interval",
         with_rule("retrain: 30s"),
         "rules[0].retrain: retrain must be at least interval (retrain 30s, interval 1m)",
