@@ -22,28 +22,6 @@ from exporter.evaluate import event_metrics, load_profiles, nab_file_score, nab_
 from exporter.evaluate import rising_edges as edges
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("backtest", help="replay history through a rule's model as the live loop would")
-    p.add_argument("--input", help="CSV with header timestamp,value (ISO timestamps or epoch seconds)")
-    p.add_argument(
-        "--output", required=True, help="CSV to write: timestamp,value,score,expected,lower,upper,alert"
-    )
-    p.add_argument("--config", help="rules file whose rule settings to use (default: built-in defaults)")
-    p.add_argument("--rule", help="rule name in --config")
-    p.add_argument("--start", help="with --config/--rule and no --input: query Prometheus from this time")
-    p.add_argument("--end", help="... until this time (ISO or epoch seconds; default now)")
-    p.add_argument(
-        "--labels", help="anomaly windows: NAB combined_windows.json or a JSON list of [start, end]"
-    )
-    p.add_argument("--profiles", help="NAB profiles.json for NAB scores (default: beside --labels)")
-    p.add_argument(
-        "--report",
-        help="write an HTML report with the series, band, score and alert spans (a .svg name: one picture"
-        " of the highest-scoring series)",
-    )
-    p.add_argument("--quiet", action="store_true", help="no progress output")
-
-
 def run(args: argparse.Namespace) -> int:
     try:
         rule = _rule(args)

@@ -14,13 +14,15 @@ Exit status 0 healthy, 1 not (with the reason on stderr), 2 bad usage.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import http.client
+import io
 import os
 import ssl
 import sys
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from exporter.flags import DEFAULT_LISTEN, parse_args, parse_listen_address
 from exporter.webconfig import WebConfig, WebConfigError, load_web_config
 
 _REQUIRE_CERT = ("RequireAnyClientCert", "RequireAndVerifyClientCert")
@@ -35,36 +37,14 @@ class Target:
     web_config_file: str = ""
 
 
-def add_parser(sub: argparse._SubParsersAction, default_listen: str) -> None:
-    p = sub.add_parser(
-        "healthcheck",
-        help="exit 0 if the exporter on this host answers /-/healthy (for container HEALTHCHECKs)",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument(
-        "--pid", type=int, default=1, help="process whose flags to read when not given (default 1)"
-    )
-    p.add_argument(
-        "--web.listen-address", dest="listen", default=None, help=f"default: the process' or {default_listen}"
-    )
-    p.add_argument("--web.config.file", dest="web_config_file", default=None, help="default: the process'")
-    p.add_argument("--timeout", type=float, default=4.0, help="seconds for the whole check (default 4)")
-
-
-def run(
-    args: argparse.Namespace,
-    parse_flags: Callable[[Sequence[str]], argparse.Namespace],
-    parse_listen: Callable[[str], tuple[str, int]],
-    default_listen: str,
-) -> int:
-    running = _flags_of(args.pid, parse_flags)
-    listen = args.listen or (running.listen if running is not None else default_listen)
+def run(args: argparse.Namespace) -> int:
+    running = _running_flags(args.pid)
+    listen = args.listen or (running.listen if running is not None else DEFAULT_LISTEN)
     web_config_file = args.web_config_file
     if web_config_file is None:
         web_config_file = running.web_config_file if running is not None else ""
     try:
-        host, port = parse_listen(listen)
+        host, port = parse_listen_address(listen)
     except ValueError as exc:
         print(exc, file=sys.stderr)
         return 2
@@ -108,13 +88,13 @@ def check(target: Target, timeout: float) -> tuple[bool, str]:
     return False, f"unhealthy: {where}/-/healthy answered {status}"
 
 
-def _flags_of(
-    pid: int, parse_flags: Callable[[Sequence[str]], argparse.Namespace]
-) -> argparse.Namespace | None:
-    """The serving flags of process `pid` if it is an anomaly-exporter (run or demo), else None."""
+def _running_flags(pid: int) -> argparse.Namespace | None:
+    """The serving flags of process `pid` if it is an exporter serving HTTP (run or demo), else None; a
+    relative --web.config.file is resolved against that process' working directory."""
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as fh:
             argv = [a.decode("utf-8", "replace") for a in fh.read().split(b"\0") if a]
+        cwd = os.readlink(f"/proc/{pid}/cwd")
     except OSError:
         return None
     for i, arg in enumerate(argv):
@@ -127,11 +107,14 @@ def _flags_of(
     else:
         return None
     try:
-        parsed = parse_flags(rest)
+        with contextlib.redirect_stderr(io.StringIO()):  # argparse's usage text is no help here
+            parsed = parse_args(rest)
     except SystemExit:  # its flags do not parse as ours (another version?): fall back to the defaults
         return None
-    if not hasattr(parsed, "listen"):  # check, schema, backtest...: nothing serves
+    if parsed.command not in ("run", "demo"):  # check, backtest, another healthcheck...: nothing serves
         return None
+    if parsed.web_config_file and not os.path.isabs(parsed.web_config_file):
+        parsed.web_config_file = os.path.join(cwd, parsed.web_config_file)
     return parsed
 
 

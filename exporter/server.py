@@ -18,6 +18,7 @@ from wsgiref.simple_server import ServerHandler, WSGIRequestHandler, WSGIServer
 from prometheus_client import CollectorRegistry
 
 from exporter import __version__
+from exporter.flags import DEFAULT_MAX_CONNECTIONS
 from exporter.metrics_endpoint import MetricsEndpoint
 from exporter.sharding import Shard
 from exporter.store import Store
@@ -37,7 +38,7 @@ MAX_BODY = 64 * 1024  # Content-Length: 413 beyond; bodies are read and ignored
 READ_TIMEOUT = 10.0  # seconds a connection may stay silent in the TLS handshake or the request head
 WRITE_TIMEOUT = 60.0  # seconds to hand a response (several MB of /metrics) to a slow reader
 STOP_GRACE = 5.0  # seconds stop() waits for connection threads after closing their sockets
-MAX_CONNECTIONS = 128  # open connections at once (--web.max-connections); more wait in the listen backlog
+MAX_CONNECTIONS = DEFAULT_MAX_CONNECTIONS  # open connections at once; more wait in the listen backlog
 
 
 class _ThreadingWSGIServer(ThreadingMixIn, WSGIServer):
@@ -345,12 +346,3 @@ class WebServer:
         deadline = time.monotonic() + STOP_GRACE
         for thread in open_now:
             thread.join(max(0.0, deadline - time.monotonic()))
-
-
-def parse_listen_address(address: str) -> tuple[str, int]:
-    """`host:port` or `:port` (all interfaces), as Prometheus' --web.listen-address."""
-    host, sep, port = address.rpartition(":")
-    if not sep or not port.isdigit() or int(port) > 65535:
-        raise ValueError(f"invalid --web.listen-address {address!r}: expected host:port, e.g. :9465")
-    host = host.strip("[]")
-    return host or "0.0.0.0", int(port)

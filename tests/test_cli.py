@@ -64,7 +64,7 @@ def test_version():
 
 @pytest.mark.parametrize("address", ["nonsense", "127.0.0.1:99999"])
 def test_bad_listen_address_exits_2(address, tmp_path, monkeypatch):
-    monkeypatch.setattr("exporter.cli.setup_logging", lambda *a: None)  # keep pytest's log handlers
+    monkeypatch.setattr("exporter.commands.setup_logging", lambda *a: None)  # keep pytest's log handlers
     rules = tmp_path / "rules.yaml"
     rules.write_text("prometheus: {url: http://p:9090}\nrules:\n  - {name: a, query: up}\n")
     assert main(["--config.file", str(rules), "--web.listen-address", address]) == 2

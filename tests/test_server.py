@@ -5,7 +5,8 @@ import requests
 from prometheus_client import CollectorRegistry
 
 from exporter.collector import AnomalyCollector
-from exporter.server import WebApp, WebServer, parse_listen_address
+from exporter.flags import parse_listen_address
+from exporter.server import WebApp, WebServer
 from exporter.store import Store
 
 
