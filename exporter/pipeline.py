@@ -101,7 +101,8 @@ class RuleRunner:
         self._early_refit = min(rule.retrain, max(300.0, 5 * rule.interval))
         self._models = models  # saved after every fit; a saved model lets a restart score at once
         self._restore_tried = False
-        self._resume_from: int | None = None  # where a failed long query left off (see _query_into_frame)
+        # where a failed query left off, its series filter and size hint (see _query_into_frame)
+        self._resume: tuple[int, Callable[[SeriesKey], bool], int] | None = None
         # After a restore only the recent data is loaded first (enough to score); older history is
         # backfilled afterwards, newest first, up to this timestamp (None: nothing left to backfill).
         self._backfill_end: int | None = None
@@ -196,16 +197,21 @@ class RuleRunner:
                 # with a model (restored, or after an outage longer than the history) score first
                 recent = max(history_start, end - self._recent_span) if self._model is not None else None
                 dropped = self._load_history(history_start, end, recent)
+            elif self._resume is not None:
+                # a long query failed part-way: carry on from its failed slice, for the same series and in
+                # the same slices (the frame spans the whole range already: its newest columns may be empty,
+                # so this is no time to drop "absent" series)
+                lo, keep, hint = self._resume
+                self._query_into_frame(max(history_start, lo), end, keep, hint)
+                dropped = self._last_dropped
             else:
                 start = max(history_start, last - self._overlap)
-                if self._resume_from is not None:  # a long load failed part-way: fill its hole first
-                    start = max(history_start, min(start, self._resume_from))
                 with self._frame_lock:
                     if len(self._frame) >= self.rule.max_series:  # full: free the rows of vanished series
                         self._frame.drop_absent(recent=self._stale_cols)
-                    keep = self._frame.admitter(self._owns)
-                self._query_into_frame(start, end, keep, max(1, len(self._frame)))
-                dropped = keep.over_cap  # not result.dropped: other shards' series are not "dropped"
+                    admitter = self._frame.admitter(self._owns)
+                self._query_into_frame(start, end, admitter, max(1, len(self._frame)))
+                dropped = admitter.over_cap  # not result.dropped: other shards' series are not "dropped"
             with self._frame_lock:
                 n_series = len(self._frame)
             if dropped and dropped != self._last_dropped:
@@ -302,11 +308,11 @@ class RuleRunner:
             except Exception:
                 # the frame already spans [start, end] (reserved): without this, the slices not merged
                 # would stay a hole until they age out; the next fetch starts here instead
-                self._resume_from = lo
+                self._resume = (lo, keep, hint)
                 raise
             with self._frame_lock:
                 self._frame.merge(result)
-        self._resume_from = None
+        self._resume = None
 
     def _score(self) -> None:
         model = self._model

@@ -324,25 +324,29 @@ def points_per_series(runner):
     return dict(zip(window.keys, window.counts(np.arange(len(window.keys))), strict=True))
 
 
+@pytest.mark.parametrize("max_series", [1000, 4], ids=["room", "full frame"])
 @pytest.mark.parametrize("fail_call", [2, 6, 12], ids=["first slice", "middle slice", "last slice"])
-def test_a_history_load_that_fails_part_way_leaves_no_hole(monkeypatch, fail_call):
-    """The slices merged before the failure stay; the next cycle loads the rest: the same history as a load
-    that never failed (without this, the slices not loaded stayed empty until they aged out)."""
+def test_a_history_load_that_fails_part_way_leaves_no_hole(monkeypatch, fail_call, max_series):
+    """The slices merged before the failure stay; the next cycle loads the rest, in slices of the same size:
+    the same history as a load that never failed (without this, the slices not loaded stayed empty until they
+    aged out). With the frame full (max_series reached), the empty newest columns of the part-loaded frame
+    must not get every series dropped as "absent"."""
     monkeypatch.setattr(pipeline, "SLICE_POINTS", 4 * 1000)  # 11 slices of history after the probe
 
     def run(source):
         clock = Clock(T0 + 300)
         source = source(DemoSource(started_at=T0, clock=clock))
         store = Store()
-        runner = RuleRunner(rule(), source, store, clock=clock)
+        runner = RuleRunner(rule(max_series=max_series), source, store, clock=clock)
         runner.fit_job()
         clock.now += 60
         runner.score_job()
         return runner, store, source
 
     clean, _, _ = run(Recording)
-    faulty, store, _ = run(lambda inner: FailOnCall(inner, fail_call))
+    faulty, store, source = run(lambda inner: FailOnCall(inner, fail_call))
     assert store.health()["web"].errors["query"] == 1
+    assert all((end - start) // 60 + 1 <= 1000 for start, end in source.calls), "sliced as the first load"
     assert points_per_series(faulty) == points_per_series(clean)
     assert (
         sum(points_per_series(faulty).values()) == 4 * 7 * 1440
