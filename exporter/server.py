@@ -47,7 +47,10 @@ class _ThreadingWSGIServer(ThreadingMixIn, WSGIServer):
 
     At most `max_connections` are served at once: the accept loop then waits for one to end, and new clients
     wait in the kernel's listen backlog (as behind Prometheus' --web.max-connections), so a flood of idle
-    connections costs a bounded number of threads; each is dropped after `read_timeout` of silence anyway."""
+    connections costs a bounded number of threads. Each connection has deadlines, not only per-read timeouts
+    (a client trickling a byte every few seconds would meet no read timeout): `read_timeout` for the TLS
+    handshake and the request head, then WRITE_TIMEOUT for the answer. The accept loop shuts down the socket
+    of a connection past its deadline (`_reap`, every half second)."""
 
     daemon_threads = True
     block_on_close = False  # stop() joins, with a bound
@@ -58,6 +61,7 @@ class _ThreadingWSGIServer(ThreadingMixIn, WSGIServer):
 
     def server_activate(self) -> None:
         self.connections: dict[threading.Thread, socket.socket] = {}
+        self.deadlines: dict[threading.Thread, float] = {}  # monotonic time; guarded by connections_lock
         self.connections_lock = threading.Lock()
         self.slots = threading.BoundedSemaphore(self.max_connections)
         self.closing = threading.Event()
@@ -66,6 +70,7 @@ class _ThreadingWSGIServer(ThreadingMixIn, WSGIServer):
     def process_request(self, request: Any, client_address: Any) -> None:
         # on the accept loop: wait for a free slot, but give up when stop() has begun (it waits for this loop)
         while not self.slots.acquire(timeout=0.1):
+            self._reap()  # the slots are all taken: free those past their deadline
             if self.closing.is_set():
                 self.shutdown_request(request)
                 return
@@ -74,6 +79,25 @@ class _ThreadingWSGIServer(ThreadingMixIn, WSGIServer):
         except BaseException:
             self.slots.release()
             raise
+
+    def service_actions(self) -> None:  # serve_forever calls this every poll (0.5 s)
+        self._reap()
+
+    def set_deadline(self, seconds: float) -> None:
+        """From now on, the calling connection thread's socket is shut down `seconds` from now."""
+        with self.connections_lock:
+            self.deadlines[threading.current_thread()] = time.monotonic() + seconds
+
+    def _reap(self) -> None:
+        now = time.monotonic()
+        with self.connections_lock:
+            late = [t for t, deadline in self.deadlines.items() if deadline < now]
+            socks = [self.connections[t] for t in late if t in self.connections]
+            for t in late:
+                del self.deadlines[t]
+        for sock in socks:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)  # its thread's read or write fails at once and it ends
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
         try:
@@ -85,6 +109,7 @@ class _ThreadingWSGIServer(ThreadingMixIn, WSGIServer):
         me = threading.current_thread()
         with self.connections_lock:
             self.connections[me] = request
+            self.deadlines[me] = time.monotonic() + self.read_timeout  # handshake and request head
         try:
             request.settimeout(self.read_timeout)
             if self.guard is not None and self.guard.tls:
@@ -102,6 +127,7 @@ class _ThreadingWSGIServer(ThreadingMixIn, WSGIServer):
         finally:
             with self.connections_lock:
                 self.connections.pop(me, None)
+                self.deadlines.pop(me, None)
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         """A client that vanished or stalled is routine: debug log, not a traceback on stderr."""
@@ -146,6 +172,7 @@ class _Handler(WSGIRequestHandler):
         if not parsed:
             return
         self.connection.settimeout(WRITE_TIMEOUT)
+        self.server.set_deadline(WRITE_TIMEOUT)  # type: ignore[attr-defined]  # the whole answer, not each send
         stdin, stdout = self.rfile, self.wfile
         handler = ServerHandler(stdin, stdout, self.get_stderr(), self.get_environ(), multithread=False)  # type: ignore[arg-type]
         handler.request_handler = self  # type: ignore[attr-defined]  # wsgiref's back pointer for logging

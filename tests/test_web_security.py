@@ -391,6 +391,47 @@ def test_connections_beyond_the_cap_wait_and_are_served_when_a_slot_frees(serve)
             conn.close()
 
 
+@pytest.mark.parametrize("tls", [False, True], ids=["http", "https"])
+def test_a_client_trickling_its_request_is_dropped_at_the_deadline(serve, certs, tls):
+    """One byte every 0.3 s never meets a 1 s read timeout; the deadline for the head ends it all the same,
+    so a few such clients cannot hold every slot (here the only one) for ever."""
+    run = serve(tls_config(certs) if tls else None, read_timeout=1.0, max_connections=1)
+    raw = run.raw()
+    if tls:
+        context = ssl.create_default_context(cafile=str(certs.ca))
+        raw = context.wrap_socket(raw, server_hostname="localhost")
+    start = time.monotonic()
+    dropped = None
+    try:
+        for byte in b"GET /metrics HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 200:
+            try:
+                raw.sendall(bytes([byte]))
+            except OSError:
+                dropped = time.monotonic() - start
+                break
+            time.sleep(0.3)
+            if closed_now(raw):
+                dropped = time.monotonic() - start
+                break
+    finally:
+        raw.close()
+    assert dropped is not None and dropped < 3, "the trickling client kept its connection"
+    assert requests.get(run.url + "/metrics", verify=str(certs.ca) if tls else True, timeout=5).ok
+
+
+def closed_now(conn: socket.socket) -> bool:
+    conn.setblocking(False)
+    try:
+        return conn.recv(1) == b""
+    except (BlockingIOError, ssl.SSLWantReadError):
+        return False
+    except OSError:
+        return True
+    finally:
+        conn.setblocking(True)
+        conn.settimeout(5)
+
+
 def test_stop_does_not_wait_for_a_slot_that_never_frees(serve):
     run = serve(read_timeout=30.0, max_connections=1)
     idle = [run.raw() for _ in range(3)]  # one served (silent), the others queued behind it
