@@ -18,8 +18,8 @@ Unless given, the port and --web.config.file are read from the exporter's own co
 (/proc/<pid>/cmdline, pid 1 by default: the exporter in its container). With TLS the check speaks HTTPS
 without verifying the certificate (a liveness probe over loopback, like the kubelet's); with basic auth
 users, 401 counts as healthy (a hash gives no password, and a server answering 401 is alive); with client
-certificates required, a handshake refused for want of one does too. Exit status 1 otherwise, with the
-reason on stderr; 2 on bad usage.
+certificates required, a completed TLS handshake (or one refused for want of a certificate) does. Exit
+status 1 otherwise, with the reason on stderr; 2 on bad usage.
 """
 
 

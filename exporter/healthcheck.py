@@ -6,8 +6,8 @@ line (/proc/<pid>/cmdline; pid 1 in a container) unless they are given, and then
 - plain HTTP, or HTTPS when the web config has TLS. The certificate is not verified: this is a liveness
   probe over loopback, as the kubelet's HTTPS probes are, not a client trusting the server;
 - 200 is healthy; so is 401 when the web config has basic auth users (the hashes cannot give a password,
-  and a server answering 401 is alive); with client certificates required, a handshake refused for want
-  of one proves the same.
+  and a server answering 401 is alive); with client certificates required, no request gets through without
+  one, so a completed TLS handshake (or one refused for want of a certificate) is what counts.
 Exit status 0 healthy, 1 not (with the reason on stderr), 2 bad usage.
 """
 
@@ -18,6 +18,7 @@ import contextlib
 import http.client
 import io
 import os
+import socket
 import ssl
 import sys
 from dataclasses import dataclass
@@ -66,8 +67,10 @@ def check(target: Target, timeout: float) -> tuple[bool, str]:
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
-        conn = http.client.HTTPSConnection(target.host, target.port, timeout=timeout, context=context)
         where = "https://" + where
+        if web.tls.client_auth_type in _REQUIRE_CERT:
+            return _handshake(target, context, timeout, where)
+        conn = http.client.HTTPSConnection(target.host, target.port, timeout=timeout, context=context)
     else:
         conn = http.client.HTTPConnection(target.host, target.port, timeout=timeout)
         where = "http://" + where
@@ -75,9 +78,6 @@ def check(target: Target, timeout: float) -> tuple[bool, str]:
         conn.request("GET", "/-/healthy", headers={"User-Agent": "anomaly-exporter-healthcheck"})
         status = conn.getresponse().status
     except ssl.SSLError as exc:
-        wants_cert = web.tls is not None and web.tls.client_auth_type in _REQUIRE_CERT
-        if wants_cert and any(reason in str(exc).upper() for reason in _NO_CLIENT_CERT):
-            return True, f"healthy: {where} serves TLS and asks for a client certificate ({exc.reason})"
         return False, f"unhealthy: TLS with {where} failed: {exc}"
     except (OSError, http.client.HTTPException) as exc:
         return False, f"unhealthy: {where}/-/healthy: {type(exc).__name__}: {exc}"
@@ -86,6 +86,25 @@ def check(target: Target, timeout: float) -> tuple[bool, str]:
     if status == 200 or (status == 401 and web.users):
         return True, f"healthy: {where}/-/healthy answered {status}"
     return False, f"unhealthy: {where}/-/healthy answered {status}"
+
+
+def _handshake(target: Target, context: ssl.SSLContext, timeout: float, where: str) -> tuple[bool, str]:
+    """With client certificates required, no request can get through without one; what can be checked is
+    that the server completes a TLS handshake (TLS 1.3: the client's side completes before the server judges
+    its certificate) or refuses it for want of a certificate (TLS 1.2)."""
+    try:
+        with (
+            socket.create_connection((target.host, target.port), timeout=timeout) as raw,
+            context.wrap_socket(raw) as tls,
+        ):
+            version = tls.version()
+    except ssl.SSLError as exc:
+        if any(reason in str(exc).upper() for reason in _NO_CLIENT_CERT):
+            return True, f"healthy: {where} serves TLS and asks for a client certificate ({exc.reason})"
+        return False, f"unhealthy: TLS with {where} failed: {exc}"
+    except OSError as exc:
+        return False, f"unhealthy: {where}: {type(exc).__name__}: {exc}"
+    return True, f"healthy: {where} completed a {version} handshake (client certificates required)"
 
 
 def _running_flags(pid: int) -> argparse.Namespace | None:
