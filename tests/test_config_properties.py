@@ -24,7 +24,7 @@ import yaml
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from exporter.config import Config, ConfigError, json_schema, parse_config
+from exporter.config import MAX_POINTS_PER_SERIES, Config, ConfigError, json_schema, parse_config
 from exporter.config_check import _join
 from exporter.config_schema import CONFIG, DEFAULT_ANNOTATIONS, Field, Section
 from exporter.durations import format_duration, parse_duration
@@ -311,7 +311,9 @@ def _rule_settings(draw: st.DrawFn) -> dict[str, Any]:
     s = dict(BUILTIN)
     step = draw(st.integers(1, 600))
     s["step"] = float(step)
-    s["history"] = float(draw(st.integers(10 * step, 10 * step + 30 * 86400)))
+    s["history"] = float(
+        draw(st.integers(10 * step, min(10 * step + 30 * 86400, MAX_POINTS_PER_SERIES * step)))
+    )
     s["interval"] = float(draw(st.integers(1, 3600)))
     s["retrain"] = s["interval"] + draw(st.integers(0, 86400))
     s["model.level_window"] = float(draw(st.integers(1, int(s["history"]))))
@@ -350,6 +352,7 @@ def _fits(s: dict[str, Any], key: str, value: Any) -> bool:
     recovery = t["alert.recovery_threshold"]
     return (
         t["history"] >= 10 * t["step"]
+        and t["history"] // t["step"] <= MAX_POINTS_PER_SERIES
         and t["retrain"] >= t["interval"]
         and t["model.level_window"] <= t["history"]
         and t["model.min_history"] <= t["history"]
