@@ -97,7 +97,7 @@ class _ThreadingWSGIServer(ThreadingMixIn, WSGIServer):
                 del self.deadlines[t]
         for sock in socks:
             with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)  # its thread's read or write fails at once and it ends
+                _shutdown(sock)  # its thread's read or write fails at once and it ends
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
         try:
@@ -369,7 +369,14 @@ class WebServer:
             open_now = dict(self._httpd.connections)
         for conn in open_now.values():
             with contextlib.suppress(OSError):
-                conn.shutdown(socket.SHUT_RDWR)
+                _shutdown(conn)
         deadline = time.monotonic() + STOP_GRACE
         for thread in open_now:
             thread.join(max(0.0, deadline - time.monotonic()))
+
+
+def _shutdown(sock: socket.socket) -> None:
+    """Shut a connection down from another thread than the one using it. For TLS, the plain socket's
+    shutdown: ssl.SSLSocket.shutdown() first drops its TLS state, and a send racing it on the connection's
+    thread would then write the answer unencrypted."""
+    socket.socket.shutdown(sock, socket.SHUT_RDWR)
