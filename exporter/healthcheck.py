@@ -112,10 +112,11 @@ def _running_flags(pid: int) -> argparse.Namespace | None:
     relative --web.config.file is resolved against that process' working directory."""
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as fh:
-            argv = [a.decode("utf-8", "replace") for a in fh.read().split(b"\0") if a]
-        cwd = os.readlink(f"/proc/{pid}/cwd")
+            raw = fh.read()
     except OSError:
         return None
+    # NUL-terminated arguments; an empty one (--web.config.file "") is an argument too
+    argv = [a.decode("utf-8", "replace") for a in raw.split(b"\0")[:-1]]
     for i, arg in enumerate(argv):
         if os.path.basename(arg) == "anomaly-exporter":
             rest = argv[i + 1 :]
@@ -133,6 +134,10 @@ def _running_flags(pid: int) -> argparse.Namespace | None:
     if parsed.command not in ("run", "demo"):  # check, backtest, another healthcheck...: nothing serves
         return None
     if parsed.web_config_file and not os.path.isabs(parsed.web_config_file):
+        try:  # needs more access to the process than its command line does
+            cwd = os.readlink(f"/proc/{pid}/cwd")
+        except OSError:
+            return parsed  # relative to our own directory, then: the image's WORKDIR is the same
         parsed.web_config_file = os.path.join(cwd, parsed.web_config_file)
     return parsed
 

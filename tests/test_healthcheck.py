@@ -207,3 +207,23 @@ def test_a_pid_that_runs_another_subcommand_falls_back_to_the_defaults(tmp_path)
     finally:
         proc.kill()
         proc.wait(10)
+
+
+def test_an_empty_argument_on_the_exporters_command_line_is_kept():
+    """`--web.config.file ""` is two arguments; dropping the empty one moved the next flag into its place."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "exporter", "demo", "--web.config.file", "", "--web.listen-address",
+         f"127.0.0.1:{port}"],
+        cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        check = [sys.executable, "-m", "exporter", "healthcheck", "--pid", str(proc.pid)]
+
+        def healthy() -> bool:
+            return subprocess.run(check, cwd=ROOT, capture_output=True, timeout=30).returncode == 0
+
+        wait_until(healthy, timeout=30, what=f"healthy on port {port}")
+    finally:
+        proc.kill()
+        proc.wait(10)
