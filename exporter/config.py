@@ -327,6 +327,11 @@ MAX_POINTS_PER_SERIES = 200_000
 def _check_rule(checker: Checker, s: _Settings) -> None:
     """Checks between settings; reported where the user set the value, preferring the rule over `defaults`."""
 
+    def where(default: str, *paths: str | None) -> str:
+        """The first of `paths` set in the rule, else the first set at all (in `defaults`), else `default`."""
+        given = [p for p in paths if p]
+        return ([p for p in given if p.startswith("rules")] + given + [default])[0]
+
     def at_least(
         key: str, other: str, factor: int, how: str, at_most: bool = False, fmt: Any = format_duration
     ) -> None:
@@ -334,28 +339,24 @@ def _check_rule(checker: Checker, s: _Settings) -> None:
         if isinstance(value, Invalid) or isinstance(limit, Invalid) or value is None:
             return
         if (value > limit) if at_most else (value < factor * limit):
-            paths = [p for p in (path, other_path) if p and p.startswith("rules")]
-            where = (paths + [p for p in (path, other_path) if p] + [f"defaults.{key}"])[0]
             name, other_name = key.split(".")[-1], other.split(".")[-1]
             checker.error(
-                where,
+                where(f"defaults.{key}", path, other_path),
                 f"{name} must {how} ({name} {fmt(value)}, {other_name} {fmt(limit)})",
             )
 
     step, step_path = s["step"]
     if not isinstance(step, Invalid) and (step < 1 or step != int(step)):
         # the query grid is whole seconds (Prometheus returns points at start + k*step)
-        where = step_path or "defaults.step"
-        checker.error(where, f"must be a whole number of seconds, at least 1s (got {format_duration(step)})")
+        at = step_path or "defaults.step"
+        checker.error(at, f"must be a whole number of seconds, at least 1s (got {format_duration(step)})")
     at_least("history", "step", 10, "be at least 10 × step")
     (history, history_path) = s["history"]
     if not any(isinstance(v, Invalid) for v in (history, step)) and step >= 1:
         points = int(history // step)
         if points > MAX_POINTS_PER_SERIES:
-            paths = [p for p in (history_path, step_path) if p]
-            where = ([p for p in paths if p.startswith("rules")] + paths + ["defaults.history"])[0]
             checker.error(
-                where,
+                where("defaults.history", history_path, step_path),
                 f"history {format_duration(history)} at step {format_duration(step)} is {points:,} points"
                 f" per series, over the limit of {MAX_POINTS_PER_SERIES:,} (each series keeps them all in"
                 " memory): use a longer step or a shorter history",
