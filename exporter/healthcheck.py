@@ -1,15 +1,6 @@
 """`anomaly-exporter healthcheck`: is the exporter on this host serving HTTP? For container HEALTHCHECKs.
 
-The container image has no curl, and a fixed probe URL breaks as soon as a user moves the port or turns on
-TLS or basic auth (--web.config.file). So the check reads the running exporter's own flags from its command
-line (/proc/<pid>/cmdline; pid 1 in a container) unless they are given, and then asks GET /-/healthy:
-- plain HTTP, or HTTPS when the web config has TLS. The certificate is not verified: this is a liveness
-  probe over loopback, as the kubelet's HTTPS probes are, not a client trusting the server;
-- 200 is healthy; so is 401 when the web config has basic auth users (the hashes cannot give a password,
-  and a server answering 401 is alive); with client certificates required, no request gets through without
-  one, so a completed TLS handshake (or one refused for want of a certificate) is what counts.
-Exit status 0 healthy, 1 not (with the reason on stderr), 2 bad usage.
-"""
+What it checks is described once, in its --help text: exporter.flags.HEALTHCHECK_HELP."""
 
 from __future__ import annotations
 
