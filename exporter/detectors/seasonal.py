@@ -159,7 +159,8 @@ class SeasonalBaseline(Detector):
         """Fit the series `rows`; returns how many points each has."""
         x = finite(window.rows(rows))
         t = window.timestamps
-        covered = _covered(x, self.step_)
+        valid = ~np.isnan(x)
+        covered = _covered(valid, self.step_)
         best_sigma = None
         for period in candidates:  # shortest first: a longer period must beat the best so far
             profile = self._profile(x, t, period)
@@ -196,7 +197,7 @@ class SeasonalBaseline(Detector):
         floor = 1e-9 + 1e-9 * np.abs(np.nan_to_num(self.level_[rows]))
         self.sigma_[rows] = np.maximum(self.sigma_[rows], floor)
         self.scale_[rows] = self._scale(deseason, t, self.sigma_[rows])
-        return (~np.isnan(x)).sum(axis=1)
+        return valid.sum(axis=1)
 
     def _scale(self, deseason: np.ndarray, t: np.ndarray, sigma: np.ndarray) -> np.ndarray:
         """Noise scale per series and hour slot: robust σ of the residual in that hour of the day/week
@@ -319,10 +320,10 @@ def _cube(x: np.ndarray, slots: np.ndarray, n_slots: int) -> tuple[np.ndarray, n
     return cube, (~np.isnan(cube)).sum(axis=-1)
 
 
-def _covered(x: np.ndarray, step: int) -> np.ndarray:
-    """Per series, the seconds from its first to its last point (gaps included); 0 without data."""
-    valid = ~np.isnan(x)
-    n_t = x.shape[1]
+def _covered(valid: np.ndarray, step: int) -> np.ndarray:
+    """Per series (row of the `valid` mask), the seconds from its first to its last point (gaps included);
+    0 without data."""
+    n_t = valid.shape[1]
     first = np.argmax(valid, axis=1)
     last = n_t - 1 - np.argmax(valid[:, ::-1], axis=1)
     return np.where(valid.any(axis=1), (last - first + 1) * step, 0)
